@@ -1,0 +1,94 @@
+"""The job event stream: append-only JSON lines in the run folder.
+
+The worker writes it; the engine and console read it (live plots, history after a restart).
+Each line is one JSON object with at least `ts` (wall clock, seconds) and `event`.
+A line cut short by a crash is skipped by the reader, never fatal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+EVENTS_FILE = "events.jsonl"
+
+# Events after which the reader must be able to rely on the line being on disk.
+DURABLE_EVENTS = frozenset({"started", "checkpoint", "preempted", "finished", "failed"})
+
+
+class EventWriter:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def emit(self, event: str, **fields: Any) -> dict:
+        record = {"ts": time.time(), "event": event, **fields}
+        self._file.write(json.dumps(record, default=_jsonable, allow_nan=False) + "\n")
+        self._file.flush()
+        if event in DURABLE_EVENTS:
+            os.fsync(self._file.fileno())
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars, tensors' .item() results and Paths reach us from the trainer
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def read_events(path: str | Path) -> list[dict]:
+    return list(iter_events(path))
+
+
+def iter_events(path: str | Path) -> Iterator[dict]:
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            record = _parse(line)
+            if record is not None:
+                yield record
+
+
+def _parse(line: str) -> dict | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a line torn by a crash mid-write
+    return record if isinstance(record, dict) and "event" in record else None
+
+
+@dataclass
+class EventTail:
+    """Incrementally reads new complete lines of a growing event file (for the engine's watcher)."""
+
+    path: Path
+    _offset: int = 0
+    _pending: str = field(default="", repr=False)
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+                self._offset = f.tell()
+        except FileNotFoundError:
+            return []
+        text = self._pending + chunk
+        lines = text.split("\n")
+        self._pending = lines.pop()  # incomplete last line waits for the rest
+        return [r for r in (_parse(line) for line in lines) if r is not None]

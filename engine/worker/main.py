@@ -1,0 +1,228 @@
+"""Worker process entry: validate the spec, train with Ultralytics, report through the event stream.
+
+Order matters here: signal handlers first (a preemption may arrive while torch is still importing),
+then the cheap spec checks (bad input fails in milliseconds, before any heavy import), then the
+offline environment, and only then torch and Ultralytics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import protocol
+from engine.events import EventWriter
+from engine.spec import JobSpec, SpecError, check_device, check_spec
+
+from .trainer import Preempted, StopSignals
+
+FORBID_NETWORK_ENV = "CUTLINE_FORBID_NETWORK"  # tests: any socket use fails the run loudly
+FAULT_SIGTERM_ENV = "CUTLINE_FAULT_SIGTERM_AT"  # tests and drills: see trainer.parse_fault_points
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    signals = _install_signal_handlers()
+    parser = argparse.ArgumentParser(prog="python -m engine.worker", description="Run one Cutline training job.")
+    parser.add_argument("spec", help="path of the job's spec.json")
+    args = parser.parse_args(argv)
+
+    try:
+        spec = JobSpec.load(args.spec)
+    except SpecError as e:
+        print(f"cutline worker: {e}", file=sys.stderr)
+        return protocol.EXIT_BAD_INPUT
+    run_dir = Path(spec.run_dir)
+    events = EventWriter(run_dir / protocol.EVENTS_FILE)
+    try:
+        return _run(spec, run_dir, events, signals, started)
+    finally:
+        events.close()
+
+
+def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals, started: float) -> int:
+    problems = check_spec(spec) + check_device(spec.device)
+    if problems:
+        events.emit(
+            "failed",
+            kind="bad_input",
+            error="; ".join(str(p) for p in problems),
+            problems=[{"field": p.field, "message": p.message} for p in problems],
+        )
+        return protocol.EXIT_BAD_INPUT
+    if os.environ.get(FORBID_NETWORK_ENV):
+        sys.addaudithook(_refuse_network)
+    config_dir = Path(spec.config_dir or run_dir.parent / ".ultralytics")
+    _prepare_offline_environment(config_dir)
+    resume_path = run_dir / protocol.RESUME_CHECKPOINT
+    if signals.preempt:
+        # Asked to step aside before training began: the previous checkpoint (if any) is still current.
+        events.emit("preempted", epoch=None, batch=None, checkpoint=str(resume_path) if resume_path.exists() else None,
+                    note="stopped before training started")
+        return protocol.EXIT_PREEMPTED
+
+    try:
+        import torch  # noqa: F401  (timed separately: most of a cold start is this import)
+
+        imported = time.perf_counter()
+        problems = check_device(spec.device, torch.cuda.device_count())
+        if problems:
+            events.emit("failed", kind="bad_input", error=str(problems[0]),
+                        problems=[{"field": p.field, "message": p.message} for p in problems])
+            return protocol.EXIT_BAD_INPUT
+        trainer = _build_trainer(spec, run_dir, resume_path, signals, events)
+        events.emit(
+            "started",
+            pid=os.getpid(),
+            device=spec.device,
+            model=spec.model,
+            data=spec.data,
+            resumed=trainer.resume_state is not None,
+            resume_epoch=None if trainer.resume_state is None else trainer.resume_state["epoch"],
+            resume_batch=None if trainer.resume_state is None else trainer.resume_state["batches_done"],
+            import_seconds=round(imported - started, 3),
+            setup_seconds=round(time.perf_counter() - started, 3),
+        )
+        trainer.train()
+    except Preempted as e:
+        events.emit("preempted", checkpoint=str(resume_path), where=str(e))
+        return protocol.EXIT_PREEMPTED
+    except Exception as e:  # a readable error for the operator, the traceback for the engineer
+        events.emit(
+            "failed",
+            kind="error",
+            error=f"{type(e).__name__}: {e}".strip(),
+            traceback="".join(traceback.format_exception(e))[-4000:],
+        )
+        return protocol.EXIT_FAILED
+
+    if spec.keep_final_state:
+        trainer.save_final_state(run_dir / protocol.FINAL_STATE)
+    resume_path.unlink(missing_ok=True)  # finished: nothing left to resume
+    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+    events.emit(
+        "finished",
+        best=str(trainer.best) if trainer.best.exists() else None,
+        last=str(trainer.last) if trainer.last.exists() else None,
+        epochs=trainer.epoch + 1,
+        metrics=metrics,
+    )
+    return protocol.EXIT_FINISHED
+
+
+def _install_signal_handlers() -> StopSignals:
+    signals = StopSignals()
+
+    def preempt(signum, frame):
+        signals.preempt = True
+        for s in protocol.PREEMPT_SIGNALS:  # a second signal kills at once; the last checkpoint stays valid
+            signal.signal(s, signal.SIG_DFL)
+
+    def checkpoint(signum, frame):
+        signals.checkpoint = True
+
+    for s in protocol.PREEMPT_SIGNALS:
+        signal.signal(s, preempt)
+    signal.signal(protocol.CHECKPOINT_SIGNAL, checkpoint)
+    return signals
+
+
+def _prepare_offline_environment(config_dir: Path) -> None:
+    """Ultralytics reads these at import; set them before it is imported."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(protocol.worker_environment({}, str(config_dir)))
+    # Ultralytics' dataset check looks for Arial.ttf and would try to download it (hangs offline):
+    # give it matplotlib's DejaVu Sans under the names it looks for.
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = config_dir / name
+        if not target.exists() and font.exists():
+            shutil.copyfile(font, target)
+
+
+def _refuse_network(event: str, args: tuple) -> None:
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
+        raise RuntimeError(f"network access attempted ({event} {args[1:] if len(args) > 1 else ''}); Cutline runs offline")
+
+
+def _build_trainer(spec: JobSpec, run_dir: Path, resume_path: Path, signals: StopSignals, events: EventWriter):
+    import torch
+
+    from .trainer import parse_fault_points, preemptible
+
+    os.chdir(Path(spec.data).resolve().parent)  # a relative 'path:' in data.yaml means the same as at submission
+    trainer_class = preemptible(_task_trainer(spec.model))
+    overrides = {
+        **spec.train_args,
+        "model": spec.model,
+        "data": str(Path(spec.data).resolve()),
+        "device": spec.device,
+        "project": str(run_dir.parent.resolve()),
+        "name": run_dir.name,
+        "exist_ok": True,
+        "resume": False,
+    }
+    trainer = trainer_class(overrides=overrides)
+    trainer.signals = signals
+    trainer.emit = events.emit
+    trainer.resume_path = resume_path
+    trainer.resume_state = torch.load(resume_path, map_location="cpu", weights_only=False) if resume_path.exists() else None
+    trainer.fault_points = parse_fault_points(os.environ.get(FAULT_SIGTERM_ENV, ""))
+    trainer.add_callback("on_fit_epoch_end", _epoch_reporter(events))
+    return trainer
+
+
+def _task_trainer(model: str) -> type:
+    from ultralytics.models import yolo
+    from ultralytics.nn.tasks import guess_model_task, load_checkpoint, yaml_model_load
+
+    if model.lower().endswith(".pt"):
+        task = load_checkpoint(model)[0].task
+    else:
+        task = guess_model_task(yaml_model_load(model))
+    trainers = {
+        "detect": yolo.detect.DetectionTrainer,
+        "segment": yolo.segment.SegmentationTrainer,
+        "classify": yolo.classify.ClassificationTrainer,
+        "pose": yolo.pose.PoseTrainer,
+        "obb": yolo.obb.OBBTrainer,
+    }
+    if task not in trainers:
+        raise ValueError(f"task {task!r} of model {model} is not supported (supported: {', '.join(trainers)})")
+    return trainers[task]
+
+
+METRIC_NAMES = {
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+    "mAP50": "metrics/mAP50(B)",
+    "mAP50-95": "metrics/mAP50-95(B)",
+}
+
+
+def _epoch_reporter(events: EventWriter):
+    def report(trainer) -> None:
+        metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+        summary = {short: metrics.get(long) for short, long in METRIC_NAMES.items()}
+        if getattr(trainer, "_training_complete", False):
+            events.emit("final_metrics", **summary, metrics=metrics)  # final_eval's re-validation of best.pt
+        else:
+            events.emit("epoch", epoch=trainer.epoch, epochs=trainer.epochs, fitness=_float(trainer.fitness),
+                        seconds=_float(trainer.epoch_time), **summary, metrics=metrics)
+
+    return report
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
