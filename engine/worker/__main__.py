@@ -1,3 +1,7 @@
-from .main import main
+from .signals import install
 
-raise SystemExit(main())
+_signals = install()  # before the heavy imports below
+
+from .main import main  # noqa: E402
+
+raise SystemExit(main(signals=_signals))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -19,15 +18,16 @@ from engine import protocol
 from engine.events import EventWriter
 from engine.spec import JobSpec, SpecError, check_device, check_spec
 
-from .trainer import Preempted, StopSignals
+from . import signals as worker_signals
+from .signals import StopSignals
 
 FORBID_NETWORK_ENV = "CUTLINE_FORBID_NETWORK"  # tests: any socket use fails the run loudly
 FAULT_SIGTERM_ENV = "CUTLINE_FAULT_SIGTERM_AT"  # tests and drills: see trainer.parse_fault_points
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, signals: StopSignals | None = None) -> int:
     started = time.perf_counter()
-    signals = _install_signal_handlers()
+    signals = signals or worker_signals.install()
     parser = argparse.ArgumentParser(prog="python -m engine.worker", description="Run one Cutline training job.")
     parser.add_argument("spec", help="path of the job's spec.json")
     args = parser.parse_args(argv)
@@ -69,6 +69,8 @@ def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals
     try:
         import torch  # noqa: F401  (timed separately: most of a cold start is this import)
 
+        from . import trainer as trainer_module
+
         imported = time.perf_counter()
         problems = check_device(spec.device, torch.cuda.device_count())
         if problems:
@@ -89,7 +91,7 @@ def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals
             setup_seconds=round(time.perf_counter() - started, 3),
         )
         trainer.train()
-    except Preempted as e:
+    except trainer_module.Preempted as e:
         events.emit("preempted", checkpoint=str(resume_path), where=str(e))
         return protocol.EXIT_PREEMPTED
     except Exception as e:  # a readable error for the operator, the traceback for the engineer
@@ -113,23 +115,6 @@ def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals
         metrics=metrics,
     )
     return protocol.EXIT_FINISHED
-
-
-def _install_signal_handlers() -> StopSignals:
-    signals = StopSignals()
-
-    def preempt(signum, frame):
-        signals.preempt = True
-        for s in protocol.PREEMPT_SIGNALS:  # a second signal kills at once; the last checkpoint stays valid
-            signal.signal(s, signal.SIG_DFL)
-
-    def checkpoint(signum, frame):
-        signals.checkpoint = True
-
-    for s in protocol.PREEMPT_SIGNALS:
-        signal.signal(s, preempt)
-    signal.signal(protocol.CHECKPOINT_SIGNAL, checkpoint)
-    return signals
 
 
 def _prepare_offline_environment(config_dir: Path) -> None:

@@ -31,20 +31,13 @@ from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, autocast, unwrap_model
 
 from .checkpoint import write_atomically
+from .signals import StopSignals
 
 RESUME_FORMAT = 1
 
 
 class Preempted(Exception):
     """Raised inside the training loop once the preemption checkpoint is on disk."""
-
-
-class StopSignals:
-    """Flags set by the worker's signal handlers; the loop acts on them at batch boundaries."""
-
-    def __init__(self) -> None:
-        self.preempt = False
-        self.checkpoint = False
 
 
 def parse_fault_points(text: str) -> set[tuple]:

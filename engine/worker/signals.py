@@ -1,0 +1,30 @@
+"""Signal flags of the worker. Installed first thing, before any slow import, so a preemption that
+arrives while torch is still loading is not lost. Handlers only set flags; the loop acts on them."""
+from __future__ import annotations
+
+import signal
+
+from engine import protocol
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.preempt = False
+        self.checkpoint = False
+
+
+def install() -> StopSignals:
+    signals = StopSignals()
+
+    def preempt(signum, frame):
+        signals.preempt = True
+        for s in protocol.PREEMPT_SIGNALS:  # a second signal kills at once; the last checkpoint stays valid
+            signal.signal(s, signal.SIG_DFL)
+
+    def checkpoint(signum, frame):
+        signals.checkpoint = True
+
+    for s in protocol.PREEMPT_SIGNALS:
+        signal.signal(s, preempt)
+    signal.signal(protocol.CHECKPOINT_SIGNAL, checkpoint)
+    return signals
