@@ -210,7 +210,7 @@ class PreviewWindow(QMainWindow):
             )
         elif kind == "failed":
             self.detail.setText(f"Failed: {event['error']}")
-        self._log(_describe(event))
+        self._log(_describe(event), event.get("ts"))
 
     def _redraw(self) -> None:
         for name, curve in self.loss_curves.items():
@@ -227,8 +227,8 @@ class PreviewWindow(QMainWindow):
         self.pause_action.setEnabled(running)
         self.checkpoint_action.setEnabled(state == "Running")
 
-    def _log(self, text: str) -> None:
-        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+    def _log(self, text: str, ts: float | None = None) -> None:
+        self.log.appendPlainText(f"{time.strftime('%H:%M:%S', time.localtime(ts))}  {text}")
 
     # ------------------------------------------------------------------ closing
 

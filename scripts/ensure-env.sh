@@ -38,6 +38,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 log "installing Cutline and its dependencies (first run takes a few minutes)"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -e "$root[test]"
+# The machine's pip config lists local wheel folders; its "location is ignored" notes are noise here.
+"$venv/bin/python" -m pip install -q -e "$root[test]" 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$want" > "$stamp"
 log "environment ready"
