@@ -253,7 +253,7 @@ class _PreemptibleMixin:
         """A safe point: nothing is half-applied. Act on signals that arrived since the last one."""
         self._fault_point(("batch", epoch, batches_done))
         if self.signals.preempt:
-            seconds, size = self.save_resume_checkpoint(epoch, batches_done, reason="preempt")
+            self.save_resume_checkpoint(epoch, batches_done, reason="preempt")
             raise Preempted(f"epoch {epoch + 1}, batch {batches_done}/{self._nb}")
         if self.signals.checkpoint:
             self.signals.checkpoint = False
