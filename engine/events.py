@@ -74,21 +74,31 @@ def _parse(line: str) -> dict | None:
 
 @dataclass
 class EventTail:
-    """Incrementally reads new complete lines of a growing event file (for the engine's watcher)."""
+    """Incrementally reads new complete lines of a growing event file (for the engine's watcher).
+
+    `offset` is a byte position: a job's run appends to the stream its earlier runs wrote, and
+    the engine starts each run's tail where that run began."""
 
     path: Path
-    _offset: int = 0
-    _pending: str = field(default="", repr=False)
+    offset: int = 0
+    _pending: bytes = field(default=b"", repr=False)
 
     def read_new(self) -> list[dict]:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                f.seek(self._offset)
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
                 chunk = f.read()
-                self._offset = f.tell()
+                self.offset = f.tell()
         except FileNotFoundError:
             return []
-        text = self._pending + chunk
-        lines = text.split("\n")
+        lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()  # incomplete last line waits for the rest
-        return [r for r in (_parse(line) for line in lines) if r is not None]
+        return [r for r in (_parse(line.decode("utf-8", "replace")) for line in lines) if r is not None]
+
+
+def stream_size(path: str | Path) -> int:
+    """Where the next run's events will start."""
+    try:
+        return Path(path).stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -19,6 +19,7 @@ EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 75
+EXIT_RUN_BUSY = 73  # EX_CANTCREAT: another live worker already holds this run folder
 
 SPEC_FILE = "spec.json"
 EVENTS_FILE = "events.jsonl"
@@ -36,6 +37,8 @@ def describe_exit(returncode: int) -> str:
         return "finished"
     if returncode == EXIT_PREEMPTED:
         return "preempted (checkpoint saved, resumable)"
+    if returncode == EXIT_RUN_BUSY:
+        return "refused to start: another worker already runs this job"
     if returncode == EXIT_BAD_INPUT:
         return "rejected its input (see the error in the event stream)"
     if returncode < 0:

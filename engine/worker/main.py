@@ -14,38 +14,101 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import protocol
+from engine import protocol, runlock
 from engine.events import EventWriter
 from engine.spec import JobSpec, SpecError, check_device, check_spec
 
 from . import signals as worker_signals
+from .control import ControlChannel
 from .signals import StopSignals
 
 FORBID_NETWORK_ENV = "CUTLINE_FORBID_NETWORK"  # tests: any socket use fails the run loudly
 FAULT_SIGTERM_ENV = "CUTLINE_FAULT_SIGTERM_AT"  # tests and drills: see trainer.parse_fault_points
+THREADS_ENV = "CUTLINE_TORCH_THREADS"  # torch threads for this worker (set per CPU slot by the engine)
 
 
 def main(argv: list[str] | None = None, signals: StopSignals | None = None) -> int:
     started = time.perf_counter()
     signals = signals or worker_signals.install()
     parser = argparse.ArgumentParser(prog="python -m engine.worker", description="Run one Cutline training job.")
-    parser.add_argument("spec", help="path of the job's spec.json")
+    parser.add_argument("spec", nargs="?", help="path of the job's spec.json (not with --standby)")
+    parser.add_argument("--gated", action="store_true",
+                        help="prepare, then wait for {\"go\": true} on stdin before the first batch")
+    parser.add_argument("--standby", action="store_true",
+                        help="import torch and Ultralytics, then wait for the job on stdin (implies --gated "
+                             "if the message says so)")
+    parser.add_argument("--ready-file", help="standby: touched once the imports are done")
+    parser.add_argument("--config-dir", help="standby: Ultralytics config dir to use for the imports")
     args = parser.parse_args(argv)
+    if args.standby == bool(args.spec):
+        parser.error("give a spec path, or --standby (not both)")
+
+    channel = ControlChannel(signals) if (args.gated or args.standby) else None
+    spec_path, gated = args.spec, args.gated
+    if args.standby:
+        message = _wait_as_standby(args, signals, channel)
+        if message is None:
+            return protocol.EXIT_PREEMPTED  # stopped or dismissed before it was given a job
+        spec_path, gated = message["spec"], bool(message.get("gated"))
+        started = time.perf_counter()  # the job's own start: the imports were paid for earlier
 
     try:
-        spec = JobSpec.load(args.spec)
+        spec = JobSpec.load(spec_path)
     except SpecError as e:
         print(f"cutline worker: {e}", file=sys.stderr)
         return protocol.EXIT_BAD_INPUT
     run_dir = Path(spec.run_dir)
+    if args.standby:
+        _redirect_output(run_dir / protocol.LOG_FILE)
+    try:
+        lock_fd = runlock.acquire(run_dir)  # held until this process ends, however it ends
+    except runlock.RunBusy as e:
+        print(f"cutline worker: {e}; not starting a second one", file=sys.stderr)
+        return protocol.EXIT_RUN_BUSY
     events = EventWriter(run_dir / protocol.EVENTS_FILE)
     try:
-        return _run(spec, run_dir, events, signals, started)
+        return _run(spec, run_dir, events, signals, started, channel.wait_for_go if gated else None)
     finally:
         events.close()
+        os.close(lock_fd)
 
 
-def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals, started: float) -> int:
+def _wait_as_standby(args, signals: StopSignals, channel: ControlChannel) -> dict | None:
+    """Pay for the slow imports now, then wait for a job. Returns the job message, or None."""
+    if args.config_dir:
+        _prepare_offline_environment(Path(args.config_dir))
+    import torch
+
+    from . import trainer  # noqa: F401  (ultralytics and the trainer classes)
+    from ultralytics.models import yolo  # noqa: F401
+
+    if torch.cuda.is_initialized():
+        # CUDA_VISIBLE_DEVICES is read once, when CUDA initialises: a standby that initialised it
+        # could not be pointed at the device its job gets. The engine falls back to cold starts.
+        print("cutline worker: CUDA initialised during imports; unusable as a standby", file=sys.stderr)
+        return None
+    if args.ready_file:
+        Path(args.ready_file).touch()
+    message = channel.receive()
+    if message is None or "spec" not in message:
+        return None
+    os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
+    return message
+
+
+def _redirect_output(log_path: Path) -> None:
+    """A standby was started before its job was known: from now on it logs into the job's run."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals, started: float,
+         gate=None) -> int:
     problems = check_spec(spec) + check_device(spec.device)
     if problems:
         events.emit(
@@ -72,12 +135,17 @@ def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals
         from . import trainer as trainer_module
 
         imported = time.perf_counter()
+        threads = os.environ.get(THREADS_ENV)
+        if threads:  # several CPU slots share the cores: each worker gets its share
+            torch.set_num_threads(max(1, int(threads)))
         problems = check_device(spec.device, torch.cuda.device_count())
         if problems:
             events.emit("failed", kind="bad_input", error=str(problems[0]),
                         problems=[{"field": p.field, "message": p.message} for p in problems])
             return protocol.EXIT_BAD_INPUT
         trainer = _build_trainer(spec, run_dir, resume_path, signals, events)
+        if gate is not None:
+            trainer.gate = gate
         events.emit(
             "started",
             pid=os.getpid(),
@@ -93,6 +161,10 @@ def _run(spec: JobSpec, run_dir: Path, events: EventWriter, signals: StopSignals
         trainer.train()
     except trainer_module.Preempted as e:
         events.emit("preempted", checkpoint=str(resume_path), where=str(e))
+        return protocol.EXIT_PREEMPTED
+    except trainer_module.StoppedBeforeTraining as e:
+        events.emit("preempted", epoch=None, batch=None, note=str(e),
+                    checkpoint=str(resume_path) if resume_path.exists() else None)
         return protocol.EXIT_PREEMPTED
     except Exception as e:  # a readable error for the operator, the traceback for the engineer
         events.emit(

@@ -40,6 +40,11 @@ class Preempted(Exception):
     """Raised inside the training loop once the preemption checkpoint is on disk."""
 
 
+class StoppedBeforeTraining(Exception):
+    """Raised when a stop (or the engine going away) ends the wait at the gate: nothing trained,
+    so the previous checkpoint, if any, is still the one to resume from."""
+
+
 def parse_fault_points(text: str) -> set[tuple]:
     """Fault injection for tests and drills: points where the worker sends itself a real SIGTERM.
 
@@ -73,6 +78,10 @@ class _PreemptibleMixin:
     signals: StopSignals
     emit: Callable[..., None]
     fault_points: set = frozenset()
+    # Called once setup is done, before the first batch. A gated worker prepares (dataset scan,
+    # model build) while the job it replaces still saves, and waits here for the device. Returns
+    # False to stop before training.
+    gate: Callable[[], bool] = staticmethod(lambda: True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -82,6 +91,8 @@ class _PreemptibleMixin:
         if getattr(self.args, "time", None):
             raise RuntimeError("time-limited training (time=...) is not supported by Cutline; set epochs")
         self._setup_train()
+        if not self.gate():
+            raise StoppedBeforeTraining("stopped at the gate, before the first batch")
         self.add_callback("on_val_start", self._fault_point_at_validation)
         self.add_callback("on_val_batch_start", self._abandon_validation_if_preempted)
 

@@ -1,0 +1,560 @@
+"""The engine: one loop that turns the store's queue into running workers and back.
+
+Each tick (a quarter second, or at once when woken):
+
+1. **Observe** -- read new lines of every active job's event stream (progress, checkpoints, the
+   worker's own account of how it ended) and poll the executor for exits.
+2. **Settle** -- a worker that ended moves its job to finished, failed, or back to the queue (or to
+   paused / cancelled when that is what its stop asked for).
+3. **Stop** -- a job asked to stop (by the policy, an operator, the CLI) gets its stop request;
+   one past its grace deadline is killed and resumes later from its last checkpoint.
+4. **Release** -- a gated urgent worker whose device is now free starts its first batch.
+5. **Decide and act** -- `policy.decide` on a snapshot; each preemption is written to the audit
+   trail and the store *before* the victim is signalled, and the urgent job starts preparing (gated)
+   at once, so it takes the device the moment the victim exits.
+
+All executor calls happen on the engine thread; operators' commands arrive through the store
+(`Operations`, from any thread or process) and wake the loop. Listeners receive ("job", record),
+("event", {...}), ("notification", {...}) and ("engine", {...}) callbacks on the engine thread.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import paths, policy, protocol
+from .audit import AuditTrail
+from .devices import Device, DeviceMonitor
+from .events import EventTail, iter_events, stream_size
+from .executor import Executor, ExecutorError, LaunchRequest, WorkerHandle
+from .jobs import JobEvent, JobState, Priority
+from .local_executor import LocalExecutor
+from .operations import ACTIVE, Operations, job_view, victim_details
+from .policy import DeviceView
+from .settings import EngineSettings
+from .spec import JobSpec
+from .store import JobRecord, StaleState, Store
+
+log = logging.getLogger("cutline.engine")
+
+ENGINE_LOCK_FILE = "engine.lock"
+ENGINE_OPERATOR = "cutline-engine"
+FULL_DECIDE_EVERY_S = 2.0  # aging and protection change with time alone
+
+
+class EngineBusy(RuntimeError):
+    """Another engine (a console or a headless engine) already runs on this home."""
+
+
+def engine_running(home: Path) -> int | None:
+    """Pid of the engine holding `home`, or None if none runs."""
+    path = Path(home) / ENGINE_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class Engine:
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        *,
+        cpu_slots: int = 1,
+        use_nvml: bool = True,
+        executor: Executor | None = None,
+        settings: dict[str, Any] | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self.home = paths.cutline_home(home)
+        self.store = Store(self.home)
+        with self.store.lock:
+            self.audit = AuditTrail(self.store.conn, self.store.anchor_path)
+        if settings:
+            merged = {**self.store.settings(), **settings}
+            EngineSettings.from_mapping(merged)  # refuse bad values before writing any
+            self.store.put_settings(settings)
+        self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
+        self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
+        self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.monitor.devices])
+        self.settings = self.ops.settings
+        self.executor = executor or LocalExecutor(
+            self.home, paths.ultralytics_config_dir(self.home), cpu_slots=cpu_slots,
+            warm_standby=self.settings.warm_standby, extra_env=worker_env,
+        )
+        self.handles: dict[int, WorkerHandle] = {}
+        self.tails: dict[int, EventTail] = {}
+        self.outcomes: dict[int, dict] = {}          # job id -> its run's last terminal event
+        self.listeners: list[Callable[[str, Any], None]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self._dirty = True
+        self._last_full_decide = 0.0
+        self._checkpoint_requested = False
+        self._calls: deque[Callable[[], None]] = deque()
+        self._notification_seq = self.store.notifications()[-1].seq if self.store.notifications() else 0
+        self.timers = None
+        self.state = "stopped"
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, timers: bool = True) -> "Engine":
+        self._acquire_lock()
+        try:
+            self.recover()
+            if timers:
+                from .timers import Timers
+
+                self.timers = Timers(self)
+                self.timers.start()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._stop.clear()
+        self.state = "running"
+        self._thread = threading.Thread(target=self._loop, name="cutline-engine", daemon=True)
+        self._thread.start()
+        self._emit("engine", {"state": self.state})
+        return self
+
+    def shutdown(self, mode: str = "checkpoint", timeout: float | None = None) -> None:
+        """`checkpoint`: every running job saves its state and goes back to the queue (it resumes at
+        the next start). `detach`: workers keep training; the next start adopts them."""
+        if mode not in ("checkpoint", "detach"):
+            raise ValueError("shutdown mode is 'checkpoint' or 'detach'")
+        if self._thread is None:
+            self._close()
+            return
+        if mode == "checkpoint":
+            self.state = "stopping"
+            self.call_soon(self._stop_all_for_shutdown)
+            deadline = time.monotonic() + (timeout if timeout is not None else self.settings.stop_grace_s + 15)
+            while time.monotonic() < deadline and self.store.jobs(set(ACTIVE)):
+                time.sleep(0.05)
+                self._wake.set()
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.timers is not None:
+            self.timers.shutdown()
+            self.timers = None
+        self.executor.close()
+        self.monitor.close()
+        self._release_lock()
+        self.state = "stopped"
+        self._emit("engine", {"state": self.state})
+        self.store.close()
+
+    def _acquire_lock(self) -> None:
+        path = self.home / ENGINE_LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise EngineBusy(f"another Cutline engine (pid {other or '?'}) already runs on {self.home}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        self.listeners.append(listener)
+
+    def wake(self) -> None:
+        self._dirty = True
+        self._wake.set()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the engine thread at the next tick."""
+        self._calls.append(fn)
+        self.wake()
+
+    def request_safety_checkpoints(self) -> None:
+        self._checkpoint_requested = True
+        self._wake.set()
+
+    def _emit(self, kind: str, payload: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, payload)
+            except Exception:  # a broken listener must never stop the engine
+                log.exception("engine listener failed")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                self.last_error = None
+            except Exception as e:  # keep scheduling; the error is visible in status and the log
+                log.exception("engine tick failed")
+                self.last_error = f"{type(e).__name__}: {e}"
+            self._wake.wait(self.settings.tick_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        now = time.time()
+        while self._calls:
+            self._calls.popleft()()
+        if self.store.changed():
+            self._dirty = True
+            self.settings = self.ops.settings
+        self._observe()
+        self._carry_out_stops(now)
+        self._release_gates()
+        if self._checkpoint_requested:
+            self._checkpoint_requested = False
+            for job_id, handle in self.handles.items():
+                if self.store.job(job_id).state is JobState.RUNNING:
+                    self.executor.checkpoint(handle)
+        if self._dirty or now - self._last_full_decide >= FULL_DECIDE_EVERY_S:
+            self._dirty = False
+            self._last_full_decide = now
+            self._dispatch(now)
+        self.executor.maintain()
+        self._forward_notifications()
+
+    # ------------------------------------------------------------------ observe and settle
+
+    def _observe(self) -> None:
+        for job_id in list(self.handles):
+            events = self.tails[job_id].read_new()
+            if events:
+                self._apply_events(job_id, events)
+            ended = self.executor.poll(self.handles[job_id])
+            if ended is not None:
+                events = self.tails[job_id].read_new()  # lines written just before the exit
+                if events:
+                    self._apply_events(job_id, events)
+                self._settle(job_id, ended.returncode)
+
+    def _apply_events(self, job_id: int, events: list[dict]) -> None:
+        job = self.store.job(job_id)
+        changes: dict[str, Any] = {}
+        for event in events:
+            kind = event.get("event")
+            if kind == "started":
+                if job.state is JobState.STARTING:
+                    job = self.store.transition(job_id, JobEvent.WORKER_STARTED, expect=JobState.STARTING,
+                                                detail=f"worker pid {event.get('pid')} started")
+                    if job.preemptions or event.get("resumed"):
+                        self._notify(job, "resumed", f"Your job {job.id} ({job.name}) resumed at epoch "
+                                     f"{(event.get('resume_epoch') or 0) + 1}, batch {event.get('resume_batch') or 0}.")
+            elif kind == "training":
+                changes.update(epochs=event.get("epochs"), batches=event.get("batches_per_epoch"),
+                               epoch=event.get("start_epoch"), batch=event.get("start_batch"))
+            elif kind == "batch":
+                epochs = changes.get("epochs", job.epochs) or 1
+                nb = event.get("batches") or 1
+                done = event["epoch"] * nb + event["batch"] + 1
+                changes.update(epoch=event["epoch"], batch=event["batch"] + 1, batches=nb,
+                               progress=min(1.0, done / (epochs * nb)))
+            elif kind == "epoch":
+                metrics = {k: event.get(k) for k in ("precision", "recall", "mAP50", "mAP50-95")}
+                metrics["epoch"] = event.get("epoch")
+                changes["metrics"] = metrics
+            elif kind == "checkpoint":
+                changes.update(last_checkpoint_at=event["ts"], checkpoint=event.get("path"))
+            elif kind in ("preempted", "finished", "failed"):
+                self.outcomes[job_id] = event
+            self._emit("event", {"job_id": job_id, **event})
+        if changes:
+            job = self.store.update(job_id, **changes)
+        self._emit("job", job)
+
+    def _settle(self, job_id: int, returncode: int | None) -> None:
+        """The worker of `job_id` has ended: decide where the job goes, from what it reported."""
+        handle = self.handles.pop(job_id)
+        self.tails.pop(job_id, None)
+        outcome = self.outcomes.pop(job_id, None)
+        job = self.store.job(job_id)
+        if not job.state.is_active:
+            return
+        if returncode == protocol.EXIT_RUN_BUSY:
+            adopted = self.executor.adopt(job.id, job.run_dir, None)
+            if adopted is not None:  # an older worker of this job still runs (engine crash): follow it
+                self._track(job, adopted)
+                return
+        kind = outcome.get("event") if outcome else None
+        if kind is None:
+            kind = {protocol.EXIT_FINISHED: "finished", protocol.EXIT_PREEMPTED: "preempted",
+                    protocol.EXIT_FAILED: "failed", protocol.EXIT_BAD_INPUT: "failed"}.get(returncode)
+        how = protocol.describe_exit(returncode) if returncode is not None else "ended"
+        now = time.time()
+        released = dict(device_id=None, gated=0, worker=None, stop_sent_at=None, stop_deadline=None,
+                        killed_at=None, running_since=None)
+        if kind == "finished":
+            metrics = (outcome or {}).get("metrics") or {}
+            summary = dict(job.metrics or {})
+            for short, long in (("precision", "metrics/precision(B)"), ("recall", "metrics/recall(B)"),
+                                ("mAP50", "metrics/mAP50(B)"), ("mAP50-95", "metrics/mAP50-95(B)")):
+                if long in metrics:
+                    summary[short] = metrics[long]
+            done = self.store.transition(job.id, JobEvent.WORKER_FINISHED, expect=job.state, detail="worker finished",
+                                         ended_at=now, progress=1.0, metrics=summary, stop_target=None, **released)
+            self._notify(done, "finished", f"Your job {job.id} ({job.name}) finished"
+                         + (f": mAP50-95 {summary['mAP50-95']:.3f}." if summary.get("mAP50-95") is not None else "."))
+        elif kind == "failed" and job.stop_target != JobState.CANCELLED.value:
+            error = (outcome or {}).get("error") or f"worker {how}"
+            done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=job.state, detail=error[:500],
+                                         ended_at=now, error=error, stop_target=None, **released)
+            self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error[:300]}")
+        else:
+            target = JobState(job.stop_target) if job.stop_target else JobState.QUEUED
+            lost = kind != "preempted" and job.killed_at is None and job.state is not JobState.PREEMPTING
+            lost = lost and kind != "failed"
+            values: dict[str, Any] = dict(released, waiting_since=now, stop_target=None, stop_reason=None)
+            detail = f"worker {how}" + (f"; {job.stop_reason}" if job.stop_reason else "")
+            if lost:
+                values["lost_workers"] = job.lost_workers + 1
+                if values["lost_workers"] >= self.settings.lost_worker_limit:
+                    error = f"its worker was lost {values['lost_workers']} times (last: {how})"
+                    done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=job.state, detail=error,
+                                                 ended_at=now, error=error, **released)
+                    self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error}")
+                    self._dirty = True
+                    self._emit("job", done)
+                    return
+                detail = f"worker lost ({how}); resumes from its last checkpoint"
+            if target is JobState.CANCELLED:
+                values["ended_at"] = now
+            done = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state, to=target,
+                                         detail=detail, **values)
+        self._dirty = True
+        self._emit("job", done)
+
+    # ------------------------------------------------------------------ stop, kill, release
+
+    def _carry_out_stops(self, now: float) -> None:
+        for job in self.store.jobs({JobState.PREEMPTING}):
+            handle = self.handles.get(job.id)
+            if handle is None:
+                continue
+            if job.stop_sent_at is None:
+                self.executor.stop(handle)
+                self.store.update(job.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
+            elif job.stop_deadline is not None and now >= job.stop_deadline and job.killed_at is None:
+                log.warning("job %s did not stop within %.0f s; killing it", job.id, self.settings.stop_grace_s)
+                self.executor.kill(handle)
+                self.store.update(job.id, killed_at=now)
+
+    def _release_gates(self) -> None:
+        gated = [(job_id, h) for job_id, h in self.handles.items() if h.gated]
+        if not gated:
+            return
+        active = self.store.jobs(set(ACTIVE))
+        for job_id, handle in gated:
+            job = next((j for j in active if j.id == job_id), None)
+            if job is None or job.state is JobState.PREEMPTING:
+                continue
+            holders = [j for j in active if j.device_id == job.device_id and j.id != job_id]
+            if not holders:
+                self.executor.release(handle)
+                self.store.update(job_id, gated=0)
+
+    # ------------------------------------------------------------------ decide and act
+
+    def _dispatch(self, now: float) -> None:
+        snapshot = self.ops.snapshot(now)
+        decision = policy.decide(snapshot)
+        for action in decision.actions:
+            if isinstance(action, policy.Preempt):
+                self._preempt(action, now)
+            else:
+                self._start(int(action.job_id), action.device_id, gated=False)
+
+    def _preempt(self, action: policy.Preempt, now: float) -> None:
+        victim = self.store.job(int(action.victim_id))
+        urgent = self.store.job(int(action.for_job_id))
+        jump = self._last_jump(urgent.id)
+        with self.store.transaction():
+            entry = self.audit.append(
+                "preempt",
+                operator=jump["operator"] if jump else ENGINE_OPERATOR,
+                reason=action.reason,
+                job_id=victim.id,
+                details={
+                    "victim": victim_details(victim), "for_job": urgent.id, "for_job_name": urgent.name,
+                    "device": action.device_id, "jump_seq": jump["seq"] if jump else None,
+                    "jump_reason": jump["reason"] if jump else None,
+                },
+            )
+            victim = self.store.transition(
+                victim.id, JobEvent.PREEMPT, expect=victim.state, detail=action.reason,
+                stop_target=JobState.QUEUED.value, stop_reason=f"preempted for urgent job {urgent.id}",
+                preemptions=victim.preemptions + 1,
+            )
+            self.store.notify(victim.owner, victim.id, "preempted",
+                              f"Your job {victim.id} ({victim.name}) was paused at epoch {(victim.epoch or 0) + 1}, "
+                              f"batch {victim.batch or 0} for urgent job {urgent.id} ({urgent.name})"
+                              + (f": {jump['reason']}" if jump else "") + ". It resumes automatically from its checkpoint.")
+        with self.store.lock:
+            self.audit.flush_anchor()
+        log.info("audit #%s: %s", entry.seq, action.reason)
+        handle = self.handles.get(victim.id)
+        if handle is not None:
+            self.executor.stop(handle)
+            self.store.update(victim.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
+        self._emit("job", victim)
+        # The urgent job prepares now, on the victim's device, and starts when the victim is gone.
+        self._start(urgent.id, action.device_id, gated=True)
+
+    def _last_jump(self, job_id: int) -> dict | None:
+        with self.store.lock:
+            row = self.store.conn.execute(
+                "SELECT seq, operator, reason FROM audit WHERE job_id = ? AND kind IN ('jump', 'emergency', 'priority') "
+                "ORDER BY seq DESC LIMIT 1", (str(job_id),)
+            ).fetchone()
+        return None if row is None else {"seq": row[0], "operator": row[1], "reason": row[2]}
+
+    def _start(self, job_id: int, device_id: str, *, gated: bool) -> None:
+        job = self.store.job(job_id)
+        device = self.devices[device_id]
+        events_path = Path(job.run_dir) / protocol.EVENTS_FILE
+        offset = stream_size(events_path)
+        try:
+            job = self.store.transition(
+                job.id, JobEvent.DISPATCH, expect=JobState.QUEUED, detail=f"on {device_id}",
+                device_id=device_id, running_since=time.time(), gated=int(gated), events_offset=offset,
+                attempts=job.attempts + 1, worker=None,
+            )
+        except StaleState:
+            return  # paused or cancelled since the snapshot
+        spec = JobSpec(model=job.model, data=job.data, run_dir=job.run_dir, train_args=dict(job.train_args),
+                       device=device.train_device, config_dir=str(paths.ultralytics_config_dir(self.home)))
+        try:
+            handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
+                                                        urgent=job.priority is Priority.URGENT))
+        except ExecutorError as e:
+            failed = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=JobState.STARTING, detail=str(e),
+                                           error=str(e), ended_at=time.time(), device_id=None)
+            self._notify(failed, "failed", f"Your job {job.id} ({job.name}) could not start: {e}")
+            return
+        job = self.store.update(job.id, worker=handle.record)
+        self._track(job, handle)
+        self._emit("job", job)
+
+    def _track(self, job: JobRecord, handle: WorkerHandle) -> None:
+        self.handles[job.id] = handle
+        self.tails[job.id] = EventTail(Path(job.run_dir) / protocol.EVENTS_FILE, offset=job.events_offset)
+
+    # ------------------------------------------------------------------ shutdown and recovery
+
+    def _stop_all_for_shutdown(self) -> None:
+        for job in self.store.jobs({JobState.STARTING, JobState.RUNNING}):
+            try:
+                self.store.transition(job.id, JobEvent.PREEMPT, expect=job.state, detail="Cutline is closing",
+                                      stop_target=JobState.QUEUED.value, stop_reason="Cutline closed; resumes at next start")
+            except StaleState:
+                pass
+
+    def recover(self) -> list[str]:
+        """At start: find every job the store says is active, adopt its worker if it is alive,
+        otherwise settle it from what its event stream says. Returns what was done, in words."""
+        report = []
+        for job in self.store.jobs(set(ACTIVE)):
+            handle = self.executor.adopt(job.id, job.run_dir, job.worker)
+            if handle is not None:
+                if job.gated:
+                    # A gated worker waits for a 'go' only its dead engine could send; it exits
+                    # by itself (stdin closed). Make sure, and requeue the job.
+                    self.executor.kill(handle)
+                    time.sleep(0.2)
+                    job = self.store.update(job.id, killed_at=time.time())
+                else:
+                    job = self.store.update(job.id, worker=handle.record)
+                    self._track(job, handle)
+                    report.append(f"job {job.id}: adopted its live worker (pid {handle.record.get('pid')})")
+                    continue
+            events = list(_events_since(Path(job.run_dir) / protocol.EVENTS_FILE, job.events_offset))
+            self.handles[job.id] = WorkerHandle(job.id, {})
+            self.tails[job.id] = EventTail(Path(job.run_dir) / protocol.EVENTS_FILE, offset=job.events_offset)
+            self._apply_events(job.id, self.tails[job.id].read_new())
+            if job.worker is None and not events:
+                # Crashed between choosing a device and starting the worker: nothing ran.
+                self.handles.pop(job.id)
+                self.tails.pop(job.id)
+                self.store.transition(job.id, JobEvent.RECOVER, expect=self.store.job(job.id).state,
+                                      detail="engine restarted before the worker started", device_id=None,
+                                      gated=0, waiting_since=time.time(), running_since=None, stop_sent_at=None,
+                                      stop_deadline=None, stop_target=None)
+                report.append(f"job {job.id}: requeued (its worker had not started)")
+                continue
+            current = self.store.job(job.id)
+            if current.state.is_active:
+                self._settle(job.id, None)
+            report.append(f"job {job.id}: worker gone; now {self.store.job(job.id).state.value}")
+        for line in report:
+            log.info("recovery: %s", line)
+        self.recovery_report = report
+        return report
+
+    # ------------------------------------------------------------------ notifications
+
+    def _notify(self, job: JobRecord, kind: str, message: str) -> None:
+        self.store.notify(job.owner, job.id, kind, message)
+
+    def _forward_notifications(self) -> None:
+        for n in self.store.notifications(after_seq=self._notification_seq):
+            self._notification_seq = n.seq
+            self._emit("notification", n)
+
+    # ------------------------------------------------------------------ reading
+
+    def status(self) -> dict[str, Any]:
+        active = self.store.jobs(set(ACTIVE))
+        busy = {j.device_id for j in active}
+        return {
+            "state": self.state,
+            "home": str(self.home),
+            "devices": len(self.devices),
+            "devices_busy": len(busy & set(self.devices)),
+            "device_backend": self.monitor.backend_note,
+            "preemptions_today": self.ops.preemptions_today(),
+            "daily_preemption_cap": self.settings.daily_preemption_cap,
+            "last_error": self.last_error,
+            **self.executor.status(),
+        }
+
+    def why_waiting(self) -> dict[int, str]:
+        decision = policy.decide(self.ops.snapshot())
+        return {int(job_id): reason for job_id, reason in decision.waiting}
+
+
+def _events_since(path: Path, offset: int):
+    tail = EventTail(path, offset=offset)
+    yield from tail.read_new()
+
+
+__all__ = ["Engine", "EngineBusy", "engine_running", "iter_events", "job_view"]

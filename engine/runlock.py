@@ -1,0 +1,60 @@
+"""One worker per run folder, enforced by the kernel: the worker holds an exclusive `flock` on
+`<run>/worker.lock` for its whole life, and the kernel drops it when the process dies, however it
+dies. So "is a worker alive for this job?" has an answer that survives an engine crash (the engine
+adopts the live worker instead of starting a second one), and a second worker for the same run
+refuses to start at all.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+LOCK_FILE = "worker.lock"
+
+
+class RunBusy(RuntimeError):
+    pass
+
+
+def acquire(run_dir: str | os.PathLike) -> int:
+    """Take the run's lock for this process; returns the fd to keep open. Raises RunBusy."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read(fd)
+        os.close(fd)
+        raise RunBusy(f"another worker (pid {holder.get('pid', '?')}) already runs {run_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
+    return fd
+
+
+def holder(run_dir: str | os.PathLike) -> dict | None:
+    """{'pid': ..., 'since': ...} of the live worker holding the run, or None if none does."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(fd) or {"pid": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}

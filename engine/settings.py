@@ -1,0 +1,70 @@
+"""Engine settings: the policy's rules plus how the engine carries them out. Stored in the
+database (so the CLI, the console and a restart all see the same values), with safe defaults."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .policy import Rules
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    # Policy (see engine.policy.Rules and docs/scheduling.md)
+    aging_interval_s: float = 3600.0
+    aging_max_boost: int = 1
+    daily_preemption_cap: int = 3
+    max_preemptions_per_job: int = 2
+    min_runtime_s: float = 120.0
+    reserved_device: str | None = None        # a device id kept free for urgent jobs, or None
+    # Execution
+    stop_grace_s: float = 60.0                # SIGTERM -> SIGKILL deadline for a stopping worker
+    safety_checkpoint_interval_s: float = 900.0  # SIGUSR1 to every running worker; <= 0 turns it off
+    warm_standby: bool = True                 # keep one worker with torch imported, for urgent jobs
+    lost_worker_limit: int = 3                # a job whose worker vanished this many times fails
+    tick_s: float = 0.25                      # how often the engine looks at the store and workers
+
+    def rules(self, preemptions_today: int) -> Rules:
+        return Rules(
+            aging_interval_s=self.aging_interval_s,
+            aging_max_boost=self.aging_max_boost,
+            daily_preemption_cap=self.daily_preemption_cap,
+            preemptions_today=preemptions_today,
+            max_preemptions_per_job=self.max_preemptions_per_job,
+            min_runtime_s=self.min_runtime_s,
+            reserve_device_for_urgent=self.reserved_device is not None,
+        )
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "EngineSettings":
+        """Known keys only, each checked; unknown keys are ignored (a newer version wrote them)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key in fields:
+                kwargs[key] = value
+        settings = cls(**kwargs)
+        problems = settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("aging_interval_s", "min_runtime_s", "safety_checkpoint_interval_s"):
+            if not isinstance(getattr(self, name), (int, float)):
+                out.append(f"{name}: must be a number of seconds")
+        for name in ("aging_max_boost", "daily_preemption_cap", "max_preemptions_per_job", "lost_worker_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                out.append(f"{name}: must be a whole number >= 0")
+        for name in ("stop_grace_s", "tick_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                out.append(f"{name}: must be a number of seconds > 0")
+        if not isinstance(self.warm_standby, bool):
+            out.append("warm_standby: must be true or false")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
