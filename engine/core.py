@@ -145,8 +145,8 @@ class Engine:
         if self._thread is None:
             self._close()
             return
+        self.state = "stopping"  # from here on nothing new is dispatched
         if mode == "checkpoint":
-            self.state = "stopping"
             self.call_soon(self._stop_all_for_shutdown)
             deadline = time.monotonic() + (timeout if timeout is not None else self.settings.stop_grace_s + 15)
             while time.monotonic() < deadline and self.store.jobs(set(ACTIVE)):
@@ -238,7 +238,7 @@ class Engine:
             for job_id, handle in self.handles.items():
                 if self.store.job(job_id).state is JobState.RUNNING:
                     self.executor.checkpoint(handle)
-        if self._dirty or now - self._last_full_decide >= FULL_DECIDE_EVERY_S:
+        if self.state == "running" and (self._dirty or now - self._last_full_decide >= FULL_DECIDE_EVERY_S):
             self._dirty = False
             self._last_full_decide = now
             self._dispatch(now)
@@ -312,7 +312,7 @@ class Engine:
                     protocol.EXIT_FAILED: "failed", protocol.EXIT_BAD_INPUT: "failed"}.get(returncode)
         how = protocol.describe_exit(returncode) if returncode is not None else "ended"
         now = time.time()
-        released = dict(device_id=None, gated=0, worker=None, stop_sent_at=None, stop_deadline=None,
+        released = dict(device_id=None, gated=0, stop_sent_at=None, stop_deadline=None,
                         killed_at=None, running_since=None)
         if kind == "finished":
             metrics = (outcome or {}).get("metrics") or {}
@@ -452,7 +452,8 @@ class Engine:
         except StaleState:
             return  # paused or cancelled since the snapshot
         spec = JobSpec(model=job.model, data=job.data, run_dir=job.run_dir, train_args=dict(job.train_args),
-                       device=device.train_device, config_dir=str(paths.ultralytics_config_dir(self.home)))
+                       device=device.train_device, config_dir=str(paths.ultralytics_config_dir(self.home)),
+                       keep_final_state=self.settings.keep_final_state)
         try:
             handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
                                                         urgent=job.priority is Priority.URGENT))

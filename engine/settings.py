@@ -22,6 +22,7 @@ class EngineSettings:
     safety_checkpoint_interval_s: float = 900.0  # SIGUSR1 to every running worker; <= 0 turns it off
     warm_standby: bool = True                 # keep one worker with torch imported, for urgent jobs
     lost_worker_limit: int = 3                # a job whose worker vanished this many times fails
+    keep_final_state: bool = False            # keep weights/final_state.pt (raw model, EMA, optimizer) per job
     tick_s: float = 0.25                      # how often the engine looks at the store and workers
 
     def rules(self, preemptions_today: int) -> Rules:
@@ -62,8 +63,9 @@ class EngineSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 out.append(f"{name}: must be a number of seconds > 0")
-        if not isinstance(self.warm_standby, bool):
-            out.append("warm_standby: must be true or false")
+        for name in ("warm_standby", "keep_final_state"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name}: must be true or false")
         return out
 
     def to_dict(self) -> dict[str, Any]:
