@@ -4,6 +4,10 @@
     python main.py --screenshot out.png --after 20   render the window after 20 s and exit
     python main.py demo-dataset OUT      generate the synthetic surface-defect dataset
     python main.py worker SPEC           run one training job (what the engine launches)
+    python main.py COMMAND ...           the queue from the command line (engine.cli): submit, list,
+                                         show, move, jump, priority, pause, resume, cancel, retry,
+                                         emergency, audit, devices, schedule, settings, headless
+                                         (`python main.py COMMAND --help` for each)
 """
 from __future__ import annotations
 
@@ -24,11 +28,19 @@ def main(argv: list[str] | None = None) -> int:
         from engine.worker.main import main as worker_main
 
         return worker_main(argv[1:], signals=signals)
+    if argv and not argv[0].startswith("-"):
+        from engine.cli import main as cli_main
+
+        return cli_main(argv)
     return console_main(argv)
 
 
 def console_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cutline", description="Cutline operations console")
+    parser = argparse.ArgumentParser(
+        prog="cutline", description="Cutline operations console",
+        epilog="commands (run without a window): submit, list, show, move, jump, priority, pause, resume, cancel, "
+               "retry, emergency, audit, devices, schedule, settings, headless; `cutline COMMAND --help` for each",
+    )
     parser.add_argument("--home", help="data folder (default: $CUTLINE_HOME or the user data dir)")
     parser.add_argument("--cpu-slots", type=int, default=1, help="CPU slots offered when no NVIDIA GPU is found")
     parser.add_argument("--screenshot", metavar="PNG", help="render the main window to PNG and exit")

@@ -94,6 +94,8 @@ class Engine:
         self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
         self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
         self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.monitor.devices])
+        # What this engine offers, for the CLI's checks and waiting reasons while it runs or after.
+        self.store.put_meta("devices", [{"id": d.id, "kind": d.kind, "name": d.name} for d in self.monitor.devices])
         self.settings = self.ops.settings
         self.executor = executor or LocalExecutor(
             self.home, paths.ultralytics_config_dir(self.home), cpu_slots=cpu_slots,
@@ -229,7 +231,7 @@ class Engine:
             self._calls.popleft()()
         if self.store.changed():
             self._dirty = True
-            self.settings = self.ops.settings
+            self._apply_settings(self.ops.settings)
         self._observe()
         self._carry_out_stops(now)
         self._release_gates()
@@ -244,6 +246,14 @@ class Engine:
             self._dispatch(now)
         self.executor.maintain()
         self._forward_notifications()
+
+    def _apply_settings(self, new: EngineSettings) -> None:
+        """Settings changed in the store (CLI, console): the ones held elsewhere follow at once."""
+        old, self.settings = self.settings, new
+        if new.warm_standby != old.warm_standby and isinstance(self.executor, LocalExecutor):
+            self.executor.set_warm_standby(new.warm_standby)
+        if new.safety_checkpoint_interval_s != old.safety_checkpoint_interval_s and self.timers is not None:
+            self.timers.set_safety_interval(new.safety_checkpoint_interval_s)
 
     # ------------------------------------------------------------------ observe and settle
 
@@ -295,7 +305,7 @@ class Engine:
 
     def _settle(self, job_id: int, returncode: int | None) -> None:
         """The worker of `job_id` has ended: decide where the job goes, from what it reported."""
-        handle = self.handles.pop(job_id)
+        self.handles.pop(job_id)
         self.tails.pop(job_id, None)
         outcome = self.outcomes.pop(job_id, None)
         job = self.store.job(job_id)

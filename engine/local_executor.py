@@ -230,6 +230,12 @@ class LocalExecutor(Executor):
         finally:
             log.close()
 
+    def set_warm_standby(self, enabled: bool) -> None:
+        self.warm_standby = enabled
+        if not enabled:
+            self.close()
+            self.standby_note = "off"
+
     def status(self) -> dict[str, Any]:
         return {"executor": self.name, "standby": self.standby_note if self.warm_standby else "off",
                 "standby_ready": self.standby_ready}

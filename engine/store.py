@@ -226,7 +226,7 @@ class Store:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(_SCHEMA)
             self.conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
             )
         self._data_version = self._read_data_version()
 
@@ -426,6 +426,18 @@ class Store:
         with self.transaction() as conn:
             if conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount != 1:
                 raise UnknownJob(f"no schedule {schedule_id}")
+
+    # ------------------------------------------------------------------ meta
+
+    def meta(self, key: str) -> Any:
+        with self.lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         (key, json.dumps(value)))
 
     # ------------------------------------------------------------------ settings
 

@@ -68,14 +68,26 @@ def add_schedule(store: Store, ops, *, name: str, cron: str, template: dict, tim
         raise SpecError([Problem("template", f"unknown fields: {', '.join(sorted(unknown))}")])
     tz = timezone or local_timezone()
     parse_cron(cron, tz)
-    prio = Priority.parse(template.get("priority", "normal"))
-    if prio is Priority.URGENT:
+    fields = ops.check_submission(**{k: v for k, v in template.items() if k in TEMPLATE_KEYS})
+    if fields["priority"] is Priority.URGENT:
         raise SpecError([Problem("priority", "a scheduled job cannot be urgent (a jump needs a person and a reason)")])
-    ops.check_submission(**{k: v for k, v in template.items() if k in TEMPLATE_KEYS})
+    # Stored as checked: absolute paths (the engine fires it from elsewhere), owner fixed now.
+    template = {**fields, "priority": fields["priority"].label}
     with store.transaction():
         schedule = store.add_schedule(name.strip() or template.get("name", "schedule"), cron.strip(), tz, template)
         ops.audit.append("schedule", operator=operator or ops_operator(), reason=f"added schedule {schedule.name}",
                          details={"schedule": schedule.id, "cron": schedule.cron, "timezone": tz, "template": template})
+    with store.lock:
+        ops.audit.flush_anchor()
+    return schedule
+
+
+def remove_schedule(store: Store, ops, schedule_id: int | str, operator: str | None = None) -> Schedule:
+    with store.transaction():
+        schedule = store.schedule(schedule_id)
+        store.delete_schedule(schedule.id)
+        ops.audit.append("schedule", operator=operator or ops_operator(), reason=f"removed schedule {schedule.name}",
+                         details={"schedule": schedule.id, "cron": schedule.cron, "removed": True})
     with store.lock:
         ops.audit.flush_anchor()
     return schedule
@@ -96,9 +108,7 @@ class Timers:
     def start(self) -> None:
         settings = self.engine.settings
         s = self.scheduler
-        if settings.safety_checkpoint_interval_s > 0:
-            s.add_job(self.engine.request_safety_checkpoints, IntervalTrigger(seconds=settings.safety_checkpoint_interval_s),
-                      id="safety-checkpoints", name="periodic safety checkpoints")
+        self.set_safety_interval(settings.safety_checkpoint_interval_s)
         if settings.aging_interval_s > 0:
             # Aging is computed from waiting time at every decision; this tick makes sure a
             # decision happens when a job crosses an aging step even if nothing else changes.
@@ -109,6 +119,14 @@ class Timers:
         self.catch_up(time.time())
         self.sync_schedules()
         s.start()
+
+    def set_safety_interval(self, seconds: float) -> None:
+        """(Re)schedule the periodic safety checkpoints; <= 0 turns them off."""
+        if self.scheduler.get_job("safety-checkpoints") is not None:
+            self.scheduler.remove_job("safety-checkpoints")
+        if seconds > 0:
+            self.scheduler.add_job(self.engine.request_safety_checkpoints, IntervalTrigger(seconds=seconds),
+                                   id="safety-checkpoints", name="periodic safety checkpoints")
 
     def shutdown(self) -> None:
         if self.scheduler.running:

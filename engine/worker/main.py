@@ -7,6 +7,7 @@ offline environment, and only then torch and Ultralytics.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
@@ -24,6 +25,11 @@ from .signals import StopSignals
 
 FORBID_NETWORK_ENV = "CUTLINE_FORBID_NETWORK"  # tests: any socket use fails the run loudly
 FAULT_SIGTERM_ENV = "CUTLINE_FAULT_SIGTERM_AT"  # tests and drills: see trainer.parse_fault_points
+# Imported lazily by a training run, measured: deterministic=True calls
+# torch.use_deterministic_algorithms, which imports torch._inductor (and dynamo, sympy): ~2 s on
+# these CPUs. A standby pays for them before it is needed.
+STANDBY_PRELOADS = ("torch._inductor", "torch._dynamo", "torchvision.models", "torchvision.datasets",
+                    "torch.distributed", "ultralytics.data.build", "ultralytics.nn.tasks")
 THREADS_ENV = "CUTLINE_TORCH_THREADS"  # torch threads for this worker (set per CPU slot by the engine)
 
 
@@ -82,6 +88,11 @@ def _wait_as_standby(args, signals: StopSignals, channel: ControlChannel) -> dic
     from . import trainer  # noqa: F401  (ultralytics and the trainer classes)
     from ultralytics.models import yolo  # noqa: F401
 
+    for name in STANDBY_PRELOADS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional part missing here only costs its time later
+            pass
     if torch.cuda.is_initialized():
         # CUDA_VISIBLE_DEVICES is read once, when CUDA initialises: a standby that initialised it
         # could not be pointed at the device its job gets. The engine falls back to cold starts.
