@@ -101,13 +101,16 @@ def decision_time(home: Path, data: Path, queue: int, runs: int = 5) -> tuple[fl
     return statistics.median(times), max(times)
 
 
-def headless_rss(home: Path, settle_s: float = 8.0) -> float:
+def headless_rss(home: Path, settle_s: float = 15.0) -> tuple[float, float]:
+    """(engine process RSS, warm standby RSS or 0) in MiB, after `settle_s`."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "main.py", "headless", "--home", str(home), "--no-nvml"], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(settle_s)
-        return psutil.Process(proc.pid).memory_info().rss / 2**20
+        engine = psutil.Process(proc.pid)
+        standby = [c for c in engine.children(recursive=True) if "--standby" in c.cmdline()]
+        return engine.memory_info().rss / 2**20, sum(c.memory_info().rss for c in standby) / 2**20
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -142,9 +145,11 @@ def main() -> int:
               f"median {median * 1000:.0f} ms, worst {worst * 1000:.0f} ms")
 
         shutil.rmtree(root / "idle", ignore_errors=True)
-        idle = headless_rss(root / "idle")
-        deep = headless_rss(root / "deep")
-        print(f"\nHeadless engine RSS (no standby): empty store {idle:.0f} MiB; with {args.queue} jobs {deep:.0f} MiB")
+        idle, standby = headless_rss(root / "idle")
+        deep, _ = headless_rss(root / "deep")
+        print(f"\nHeadless engine process RSS: empty store {idle:.0f} MiB; with {args.queue} jobs {deep:.0f} MiB "
+              f"(workers are separate processes)")
+        print(f"Warm standby worker RSS (torch and Ultralytics imported, waiting): {standby:.0f} MiB")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -12,7 +12,7 @@ from engine.jobs import JobState
 from engine.store import Store
 
 from engine_runs import TEST_SETTINGS, overlaps, run_events, tiny_job, training_intervals, wait_for
-from worker_runs import results_without_time, state_differences
+from worker_runs import TINY_TRAIN_ARGS, results_without_time, state_differences
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,17 @@ def test_urgent_job_preempts_low_job_which_resumes_exactly(engine_factory, tiny_
     wait_for(lambda: engine.executor.status()["standby_ready"], 90, "the warm standby worker")
     wait_for(lambda: (engine.store.job(low.id).batch or 0) >= 3, 120, "the low job's third batch")
 
-    urgent = engine.ops.submit(**tiny_job(tiny_dataset, "line 3 crack retrain", "urgent", owner="carol"),
-                               operator="carol", reason="line 3 mould crack escapes, ticket 4411")
+    # The emergency retrain: one call, from a trained model's weights, with the reason.
+    urgent = engine.ops.emergency(model=str(baseline_run / "weights" / "best.pt"), data=str(tiny_dataset),
+                                  train_args=dict(TINY_TRAIN_ARGS), name="line 3 crack retrain", owner="carol",
+                                  operator="carol", reason="line 3 mould crack escapes, ticket 4411")
     engine.wake()
     wait_for(lambda: all(engine.store.job(j).state in ENDED for j in (low.id, urgent.id)), 300, "both jobs to end")
 
     low, urgent = engine.store.job(low.id), engine.store.job(urgent.id)
     assert low.state is JobState.FINISHED, low.error
     assert urgent.state is JobState.FINISHED, urgent.error
+    assert urgent.model.endswith("best.pt") and run_events(urgent.run_dir, "started")[0]["model"] == urgent.model
     assert low.preemptions == 1 and low.epoch == low.epochs - 1 == 2
 
     # The urgent job took the standby (no second cold import) and never trained alongside the victim.
@@ -74,7 +77,7 @@ def test_urgent_job_preempts_low_job_which_resumes_exactly(engine_factory, tiny_
 
     # The audit trail holds the jump (reason, operator) and, before the victim stopped, the preemption.
     entries = engine.audit.entries()
-    jump = next(e for e in entries if e.kind == "jump" and e.job_id == str(urgent.id))
+    jump = next(e for e in entries if e.kind == "emergency" and e.job_id == str(urgent.id))
     assert jump.reason == "line 3 mould crack escapes, ticket 4411" and jump.operator == "carol"
     preempt = next(e for e in entries if e.kind == "preempt")
     assert preempt.job_id == str(low.id) and preempt.details["for_job"] == urgent.id

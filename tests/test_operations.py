@@ -229,3 +229,19 @@ def test_schedules_validate_persist_and_catch_up_once(tmp_path, tiny_dataset):
     timers.shutdown()
     engine.executor.close()
     engine.store.close()
+
+
+def test_audit_rows_swapped_in_the_database_are_detected(ops, tiny_dataset):
+    a = ops.submit(**tiny_job(tiny_dataset, "a"))
+    ops.submit(**tiny_job(tiny_dataset, "b"))
+    ops.jump(a.id, reason="first reason")
+    db = sqlite3.connect(ops.store.path)
+    rows = db.execute("SELECT seq, ts, kind, operator, reason, job_id, details, prev_hash, hash FROM audit "
+                      "WHERE seq IN (1, 2) ORDER BY seq").fetchall()
+    # Swap the contents of entries 1 and 2, keeping their sequence numbers.
+    for seq, row in ((1, rows[1]), (2, rows[0])):
+        db.execute("UPDATE audit SET ts=?, kind=?, operator=?, reason=?, job_id=?, details=?, prev_hash=?, hash=? "
+                   "WHERE seq=?", (*row[1:], seq))
+    db.commit()
+    result = ops.audit.verify()
+    assert not result.ok and result.problems
