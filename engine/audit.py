@@ -144,10 +144,13 @@ def _span(first: int, last: int) -> str:
 class AuditTrail:
     """Append-only, hash-chained audit trail in the `audit` table of `conn`."""
 
-    def __init__(self, conn: sqlite3.Connection, anchor_path: Path | str | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, anchor_path: Path | str | None = None,
+                 lock: threading.RLock | None = None) -> None:
+        """`lock`: the lock that guards `conn` for its other users (the store's), so a reader on
+        one thread never sees another thread's uncommitted entries."""
         self._conn = conn
         self._anchor_path = Path(anchor_path) if anchor_path is not None else None
-        self._lock = threading.RLock()
+        self._lock = lock if lock is not None else threading.RLock()
         was_in_tx = conn.in_transaction
         if was_in_tx:
             # executescript() would COMMIT the caller's transaction first; run statements one by one.
@@ -334,7 +337,8 @@ class AuditTrail:
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the anchored head; (0, GENESIS_HASH) for an empty trail."""
-        return self._head()
+        with self._lock:
+            return self._head()
 
     def entries(
         self,
@@ -366,7 +370,9 @@ class AuditTrail:
             args.append(int(limit))
         else:
             sql += " ORDER BY seq"
-        return [self._entry(row) for row in self._conn.execute(sql, args)]
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [self._entry(row) for row in rows]
 
     @staticmethod
     def _entry(row: tuple) -> AuditEntry:
@@ -413,6 +419,10 @@ class AuditTrail:
 
     def verify(self) -> AuditVerification:
         """Walk the chain and compare its head with the anchors. Reads only; changes nothing."""
+        with self._lock:
+            return self._verify()
+
+    def _verify(self) -> AuditVerification:
         rows = self._conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq").fetchall()
         problems: list[str] = []
 

@@ -94,7 +94,7 @@ class Context:
     def audit(self) -> AuditTrail:
         if self._audit is None:
             with self.store.lock:
-                self._audit = AuditTrail(self.store.conn, self.store.anchor_path)
+                self._audit = self.store.audit_trail()
         return self._audit
 
     @property

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from . import paths, policy, protocol
-from .audit import AuditTrail
 from .devices import Device, DeviceMonitor
 from .events import EventTail, iter_events, stream_size
-from .executor import Executor, ExecutorError, LaunchRequest, WorkerHandle
+from .executor import Executor, LaunchRequest, WorkerHandle
 from .jobs import JobEvent, JobState, Priority
 from .local_executor import LocalExecutor
 from .operations import ACTIVE, Operations, job_view, victim_details
@@ -86,7 +85,7 @@ class Engine:
         self.home = paths.cutline_home(home)
         self.store = Store(self.home)
         with self.store.lock:
-            self.audit = AuditTrail(self.store.conn, self.store.anchor_path)
+            self.audit = self.store.audit_trail()
         if settings:
             merged = {**self.store.settings(), **settings}
             EngineSettings.from_mapping(merged)  # refuse bad values before writing any
@@ -94,6 +93,7 @@ class Engine:
         self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
         self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
         self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.monitor.devices])
+        self.ops.on_change = self.wake  # an operation committed in this process: act on it now
         # What this engine offers, for the CLI's checks and waiting reasons while it runs or after.
         self.store.put_meta("devices", [{"id": d.id, "kind": d.kind, "name": d.name} for d in self.monitor.devices])
         self.settings = self.ops.settings
@@ -222,7 +222,7 @@ class Engine:
             except Exception as e:  # keep scheduling; the error is visible in status and the log
                 log.exception("engine tick failed")
                 self.last_error = f"{type(e).__name__}: {e}"
-            self._wake.wait(self.settings.tick_s)
+            self._wake.wait(min(max(self.settings.tick_s, 0.01), 10.0))
             self._wake.clear()
 
     def tick(self) -> None:
@@ -231,7 +231,7 @@ class Engine:
             self._calls.popleft()()
         if self.store.changed():
             self._dirty = True
-            self._apply_settings(self.ops.settings)
+        self._apply_settings(self.ops.settings)  # one small SELECT: in-process changes count too
         self._observe()
         self._carry_out_stops(now)
         self._release_gates()
@@ -275,9 +275,13 @@ class Engine:
         for event in events:
             kind = event.get("event")
             if kind == "started":
-                if job.state is JobState.STARTING:
-                    job = self.store.transition(job_id, JobEvent.WORKER_STARTED, expect=JobState.STARTING,
-                                                detail=f"worker pid {event.get('pid')} started")
+                try:
+                    started = self.store.transition(job_id, JobEvent.WORKER_STARTED, expect=JobState.STARTING,
+                                                    detail=f"worker pid {event.get('pid')} started")
+                except StaleState:  # stopped before it started (an operator paused it): nothing to mark
+                    job = self.store.job(job_id)
+                else:
+                    job = started
                     if job.preemptions or event.get("resumed"):
                         self._notify(job, "resumed", f"Your job {job.id} ({job.name}) resumed at epoch "
                                      f"{(event.get('resume_epoch') or 0) + 1}, batch {event.get('resume_batch') or 0}.")
@@ -304,18 +308,39 @@ class Engine:
         self._emit("job", job)
 
     def _settle(self, job_id: int, returncode: int | None) -> None:
-        """The worker of `job_id` has ended: decide where the job goes, from what it reported."""
-        self.handles.pop(job_id)
-        self.tails.pop(job_id, None)
-        outcome = self.outcomes.pop(job_id, None)
-        job = self.store.job(job_id)
-        if not job.state.is_active:
-            return
-        if returncode == protocol.EXIT_RUN_BUSY:
-            adopted = self.executor.adopt(job.id, job.run_dir, None)
-            if adopted is not None:  # an older worker of this job still runs (engine crash): follow it
-                self._track(job, adopted)
+        """The worker of `job_id` has ended: decide where the job goes, from what it reported.
+        The read and the write are one transaction, so an operator's pause or cancel arriving at the
+        same moment (another thread, the CLI) is either seen here or waits for it."""
+        outcome = self.outcomes.get(job_id)
+        with self.store.transaction():
+            job = self.store.job(job_id)
+            if not job.state.is_active:
+                done = None
+            elif returncode == protocol.EXIT_RUN_BUSY and self._follow_older_worker(job):
                 return
+            else:
+                done = self._settle_job(job, outcome, returncode)
+        self.handles.pop(job_id, None)
+        self.tails.pop(job_id, None)
+        self.outcomes.pop(job_id, None)
+        if done is not None:
+            self._dirty = True
+            self._emit("job", done)
+
+    def _follow_older_worker(self, job: JobRecord) -> bool:
+        """This attempt found an older worker of the same job alive (after an engine crash): follow
+        that one instead. It has been training since before this attempt's offset: running."""
+        adopted = self.executor.adopt(job.id, job.run_dir, None)
+        if adopted is None:
+            return False
+        if job.state is JobState.STARTING:
+            job = self.store.transition(job.id, JobEvent.WORKER_STARTED, expect=JobState.STARTING,
+                                        detail="an older worker of this job was still running: adopted it",
+                                        worker=adopted.record)
+        self.handles[job.id] = adopted
+        return True
+
+    def _settle_job(self, job: JobRecord, outcome: dict | None, returncode: int | None) -> JobRecord:
         kind = outcome.get("event") if outcome else None
         if kind is None:
             kind = {protocol.EXIT_FINISHED: "finished", protocol.EXIT_PREEMPTED: "preempted",
@@ -335,34 +360,31 @@ class Engine:
                                          ended_at=now, progress=1.0, metrics=summary, stop_target=None, **released)
             self._notify(done, "finished", f"Your job {job.id} ({job.name}) finished"
                          + (f": mAP50-95 {summary['mAP50-95']:.3f}." if summary.get("mAP50-95") is not None else "."))
-        elif kind == "failed" and job.stop_target != JobState.CANCELLED.value:
+            return done
+        if kind == "failed" and job.stop_target != JobState.CANCELLED.value:
             error = (outcome or {}).get("error") or f"worker {how}"
             done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=job.state, detail=error[:500],
                                          ended_at=now, error=error, stop_target=None, **released)
             self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error[:300]}")
-        else:
-            target = JobState(job.stop_target) if job.stop_target else JobState.QUEUED
-            lost = kind != "preempted" and job.killed_at is None and job.state is not JobState.PREEMPTING
-            lost = lost and kind != "failed"
-            values: dict[str, Any] = dict(released, waiting_since=now, stop_target=None, stop_reason=None)
-            detail = f"worker {how}" + (f"; {job.stop_reason}" if job.stop_reason else "")
-            if lost:
-                values["lost_workers"] = job.lost_workers + 1
-                if values["lost_workers"] >= self.settings.lost_worker_limit:
-                    error = f"its worker was lost {values['lost_workers']} times (last: {how})"
-                    done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=job.state, detail=error,
-                                                 ended_at=now, error=error, **released)
-                    self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error}")
-                    self._dirty = True
-                    self._emit("job", done)
-                    return
-                detail = f"worker lost ({how}); resumes from its last checkpoint"
-            if target is JobState.CANCELLED:
-                values["ended_at"] = now
-            done = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state, to=target,
-                                         detail=detail, **values)
-        self._dirty = True
-        self._emit("job", done)
+            return done
+        target = JobState(job.stop_target) if job.stop_target else JobState.QUEUED
+        lost = kind not in ("preempted", "failed") and job.killed_at is None and job.state is not JobState.PREEMPTING
+        values: dict[str, Any] = dict(released, waiting_since=now, stop_target=None, stop_reason=None)
+        detail = f"worker {how}" + (f"; {job.stop_reason}" if job.stop_reason else "")
+        if lost:
+            values["lost_workers"] = job.lost_workers + 1
+            if values["lost_workers"] >= self.settings.lost_worker_limit:
+                error = f"its worker was lost {values['lost_workers']} times (last: {how})"
+                done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=job.state, detail=error,
+                                             ended_at=now, error=error, lost_workers=values["lost_workers"],
+                                             **released)
+                self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error}")
+                return done
+            detail = f"worker lost ({how}); resumes from its last checkpoint"
+        if target is JobState.CANCELLED:
+            values["ended_at"] = now
+        return self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state, to=target,
+                                     detail=detail, **values)
 
     # ------------------------------------------------------------------ stop, kill, release
 
@@ -372,8 +394,10 @@ class Engine:
             if handle is None:
                 continue
             if job.stop_sent_at is None:
-                self.executor.stop(handle)
+                # Recorded first: a restarted engine must never send a second stop (a worker's
+                # second SIGTERM kills it at once, mid-save); the deadline covers a lost one.
                 self.store.update(job.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
+                self.executor.stop(handle)
             elif job.stop_deadline is not None and now >= job.stop_deadline and job.killed_at is None:
                 log.warning("job %s did not stop within %.0f s; killing it", job.id, self.settings.stop_grace_s)
                 self.executor.kill(handle)
@@ -390,8 +414,8 @@ class Engine:
                 continue
             holders = [j for j in active if j.device_id == job.device_id and j.id != job_id]
             if not holders:
+                self.store.update(job_id, gated=0)  # first: recovery must never kill a released worker
                 self.executor.release(handle)
-                self.store.update(job_id, gated=0)
 
     # ------------------------------------------------------------------ decide and act
 
@@ -409,6 +433,9 @@ class Engine:
         urgent = self.store.job(int(action.for_job_id))
         jump = self._last_jump(urgent.id)
         with self.store.transaction():
+            victim, urgent = self.store.job(victim.id), self.store.job(urgent.id)
+            if victim.state is not JobState.RUNNING or urgent.state is not JobState.QUEUED:
+                return  # changed since the snapshot (paused, cancelled, ended): decide again next tick
             entry = self.audit.append(
                 "preempt",
                 operator=jump["operator"] if jump else ENGINE_OPERATOR,
@@ -434,8 +461,8 @@ class Engine:
         log.info("audit #%s: %s", entry.seq, action.reason)
         handle = self.handles.get(victim.id)
         if handle is not None:
-            self.executor.stop(handle)
             self.store.update(victim.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
+            self.executor.stop(handle)
         self._emit("job", victim)
         # The urgent job prepares now, on the victim's device, and starts when the victim is gone.
         self._start(urgent.id, action.device_id, gated=True)
@@ -467,14 +494,27 @@ class Engine:
         try:
             handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
                                                         urgent=job.priority is Priority.URGENT))
-        except ExecutorError as e:
-            failed = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=JobState.STARTING, detail=str(e),
-                                           error=str(e), ended_at=time.time(), device_id=None)
-            self._notify(failed, "failed", f"Your job {job.id} ({job.name}) could not start: {e}")
+        except Exception as e:  # disk full, permissions, a cluster refusing: the job must not hold the device
+            log.exception("could not start job %s", job.id)
+            self._launch_failed(job.id, f"could not start its worker: {e}")
             return
         job = self.store.update(job.id, worker=handle.record)
         self._track(job, handle)
         self._emit("job", job)
+
+    def _launch_failed(self, job_id: int, error: str) -> None:
+        with self.store.transaction():
+            job = self.store.job(job_id)
+            released = dict(device_id=None, gated=0, running_since=None, stop_sent_at=None, stop_deadline=None)
+            if job.state is JobState.STARTING:
+                done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=JobState.STARTING, detail=error,
+                                             error=error, ended_at=time.time(), **released)
+                self._notify(done, "failed", f"Your job {job.id} ({job.name}) {error}")
+            elif job.state is JobState.PREEMPTING:  # an operator stopped it meanwhile: honour that
+                self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=JobState.PREEMPTING,
+                                      to=JobState(job.stop_target or "queued"), detail=error, stop_target=None,
+                                      waiting_since=time.time(), **released)
+        self._dirty = True
 
     def _track(self, job: JobRecord, handle: WorkerHandle) -> None:
         self.handles[job.id] = handle

@@ -40,3 +40,18 @@ def demo_job_spec(home: Path) -> JobSpec:
         device="cpu",
         config_dir=str(paths.ultralytics_config_dir(home)),
     )
+
+
+def seed_demo_jobs(ops, home: Path) -> list:
+    """First launch (an empty store): two demo jobs on the generated dataset, so a newcomer sees the
+    whole flow at once: one trains, one waits behind it (one CPU slot)."""
+    if ops.store.jobs():
+        return []
+    data_yaml = ensure_demo_dataset(home)
+    baseline = ops.submit(name="Demo: surface defects, baseline", model="yolov8n.yaml", data=str(data_yaml),
+                          train_args=dict(DEMO_TRAIN_ARGS), priority="normal", owner="demo",
+                          operator="cutline")
+    experiment = ops.submit(name="Demo: stronger augmentation experiment", model="yolov8n.yaml",
+                            data=str(data_yaml), train_args={**DEMO_TRAIN_ARGS, "degrees": 10.0, "mixup": 0.1},
+                            priority="low", owner="demo", operator="cutline")
+    return [baseline, experiment]

@@ -89,7 +89,7 @@ class EventTail:
                 f.seek(self.offset)
                 chunk = f.read()
                 self.offset = f.tell()
-        except FileNotFoundError:
+        except OSError:
             return []
         lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()  # incomplete last line waits for the rest
@@ -100,5 +100,5 @@ def stream_size(path: str | Path) -> int:
     """Where the next run's events will start."""
     try:
         return Path(path).stat().st_size
-    except FileNotFoundError:
+    except OSError:  # missing, or its folder is not one: the launch will say what is wrong
         return 0

@@ -47,6 +47,7 @@ class LocalExecutor(Executor):
         self._standby_spawned_at: float | None = None
         self._standby_not_before = 0.0
         self.standby_note = "off" if not warm_standby else "starting"
+        self._dismissed: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------ environment
 
@@ -65,15 +66,18 @@ class LocalExecutor(Executor):
     # ------------------------------------------------------------------ launch
 
     def launch(self, request: LaunchRequest) -> WorkerHandle:
-        run_dir = Path(request.spec.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = run_dir / protocol.SPEC_FILE
-        request.spec.save(spec_path)
-        if request.urgent and self.standby_ready:
-            handle = self._hand_to_standby(request, spec_path)
-            if handle is not None:
-                return handle
-        return self._cold_start(request, spec_path)
+        try:
+            run_dir = Path(request.spec.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = run_dir / protocol.SPEC_FILE
+            request.spec.save(spec_path)
+            if request.urgent and self.standby_ready:
+                handle = self._hand_to_standby(request, spec_path)
+                if handle is not None:
+                    return handle
+            return self._cold_start(request, spec_path)
+        except OSError as e:  # disk full, permissions: say so, in the executor's own terms
+            raise ExecutorError(f"could not start a worker in {request.spec.run_dir}: {e}") from e
 
     def _cold_start(self, request: LaunchRequest, spec_path: Path) -> WorkerHandle:
         env = self._base_env()
@@ -194,6 +198,7 @@ class LocalExecutor(Executor):
         return proc is not None and proc.poll() is None and self._standby_ready_file.exists()
 
     def maintain(self) -> None:
+        self._dismissed = [p for p in self._dismissed if p.poll() is None]
         if not self.warm_standby:
             return
         proc = self._standby
@@ -233,7 +238,11 @@ class LocalExecutor(Executor):
     def set_warm_standby(self, enabled: bool) -> None:
         self.warm_standby = enabled
         if not enabled:
-            self.close()
+            proc, self._standby = self._standby, None
+            if proc is not None and proc.poll() is None:
+                proc.terminate()  # it has no job; reaped below without blocking the engine
+                self._dismissed.append(proc)
+            self._standby_ready_file.unlink(missing_ok=True)
             self.standby_note = "off"
 
     def status(self) -> dict[str, Any]:

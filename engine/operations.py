@@ -15,6 +15,7 @@ import difflib
 import getpass
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ class MoveResult:
     job: JobRecord
     kind: str                   # "jump", "yield" or "none"
     passed: tuple[int, ...]     # jobs it moved ahead of (jump) or behind (yield)
+    details: dict | None = None  # the audit entry's details (expected victims for a jump)
+
+
+class _Preview(Exception):
+    def __init__(self, result: Any) -> None:
+        super().__init__("preview")
+        self.result = result
 
 
 class Operations:
@@ -61,12 +69,34 @@ class Operations:
         self.audit = audit
         self.devices = list(devices)
         self._settings = settings
+        self.on_change: Callable[[], None] | None = None  # called after each committed operation
 
-    def _flush_audit(self) -> None:
+    def committed(self) -> None:
         # The anchor file follows committed entries; the store's lock keeps other threads'
-        # transactions out while it reads the head.
+        # transactions out while it reads the head. Inside a caller's transaction (a preview, a
+        # batch) the caller's commit is what counts; it flushes after.
         with self.store.lock:
+            if self.store.conn.in_transaction:
+                return
             self.audit.flush_anchor()
+        if self.on_change is not None:
+            self.on_change()
+
+    def preview(self, operation: Callable[[], Any]) -> Any:
+        """Run an operation and roll it back: what it *would* do (the jump dialog shows this).
+        Audit entries it would write are rolled back with it."""
+        try:
+            with self.store.transaction():
+                raise _Preview(operation())
+        except _Preview as done:
+            return done.result
+
+    def batch(self, operation: Callable[[], Any]) -> Any:
+        """Several operations as one transaction (a multi-row drag): all happen, or none."""
+        with self.store.transaction():
+            result = operation()
+        self.committed()
+        return result
 
     # ------------------------------------------------------------------ reading
 
@@ -184,7 +214,7 @@ class Operations:
                 details["passed"] = [j.id for j in self.queue() if j.id != job.id and j.priority < prio]
             self.audit.append(kind_of_entry, operator=operator, reason=reason or f"submitted by {owner}",
                               job_id=job.id, details=details)
-        self._flush_audit()
+        self.committed()
         return job
 
     def check_submission(self, *, name: str, model: str, data: str, train_args: dict[str, Any] | None = None,
@@ -288,7 +318,7 @@ class Operations:
             new_priority = target.priority
             new_order = [j.id for j in order[:index]] + [job.id] + [j.id for j in order[index:]]
             result = self._reorder(job, new_priority, old, new_order, operator, reason, "move")
-        self._flush_audit()
+        self.committed()
         return result
 
     def jump(self, job_id: int, *, reason: str, operator: str | None = None) -> MoveResult:
@@ -300,7 +330,7 @@ class Operations:
             old = [j.id for j in self.queue()]
             new_order = [job.id] + [i for i in old if i != job.id]
             result = self._reorder(job, Priority.URGENT, old, new_order, operator, reason, "jump")
-        self._flush_audit()
+        self.committed()
         return result
 
     def set_priority(self, job_id: int, priority: str | int | Priority, *, operator: str | None = None,
@@ -322,7 +352,7 @@ class Operations:
             index = sum(1 for j in rest if j.priority >= prio)
             new_order = [j.id for j in rest[:index]] + [job.id] + [j.id for j in rest[index:]]
             result = self._reorder(job, prio, old, new_order, operator, reason, "priority")
-        self._flush_audit()
+        self.committed()
         return result
 
     def _reorder(self, job: JobRecord, priority: Priority, old: list[int], new: list[int],
@@ -355,10 +385,10 @@ class Operations:
             details["expected_victims"] = self.expected_victims(job.id)
             kind = "priority" if via == "priority" else "jump"
             self.audit.append(kind, operator=operator, reason=reason, job_id=job.id, details=details)
-            return MoveResult(moved, "jump", passed_up)
+            return MoveResult(moved, "jump", passed_up, details)
         details["passed"] = list(passed_down)
         self.audit.append("yield", operator=operator, reason=reason or "moved down", job_id=job.id, details=details)
-        return MoveResult(moved, "yield", passed_down)
+        return MoveResult(moved, "yield", passed_down, details)
 
     # ------------------------------------------------------------------ settings
 
@@ -393,7 +423,7 @@ class Operations:
                 self.audit.append("settings", operator=operator,
                                   reason=(reason or "").strip() or f"settings changed by {operator}",
                                   details={"changed": changed})
-            self._flush_audit()
+            self.committed()
         return changed
 
     # ------------------------------------------------------------------ hold, stop, retry
@@ -426,7 +456,7 @@ class Operations:
                 raise OperationError(f"job {job.id} is {job.state.value}; nothing to {kind}")
             self.audit.append(kind, operator=operator, reason=reason, job_id=job.id,
                               details={"name": job.name, "state_before": job.state.value})
-        self._flush_audit()
+        self.committed()
         return done
 
     def resume(self, job_id: int, *, operator: str | None = None) -> JobRecord:
@@ -443,7 +473,7 @@ class Operations:
                 raise OperationError(f"job {job.id} is {job.state.value}, not paused")
             self.audit.append("resume", operator=operator, reason=f"resumed by {operator}", job_id=job.id,
                               details={"name": job.name})
-        self._flush_audit()
+        self.committed()
         return done
 
     def retry(self, job_id: int, *, operator: str | None = None) -> JobRecord:
@@ -459,7 +489,7 @@ class Operations:
             checkpoint = Path(job.run_dir) / "weights" / "resume.pt"
             self.audit.append("retry", operator=operator, reason=f"retried by {operator}", job_id=job.id,
                               details={"name": job.name, "resumes_from": str(checkpoint) if checkpoint.exists() else None})
-        self._flush_audit()
+        self.committed()
         return done
 
 

@@ -3,6 +3,7 @@ database (so the CLI, the console and a restart all see the same values), with s
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from .policy import Rules
@@ -52,20 +53,25 @@ class EngineSettings:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("aging_interval_s", "min_runtime_s", "safety_checkpoint_interval_s"):
-            if not isinstance(getattr(self, name), (int, float)):
+        for name, low, high in (("aging_interval_s", None, 30 * 86400.0), ("min_runtime_s", 0.0, 7 * 86400.0),
+                                ("safety_checkpoint_interval_s", None, 7 * 86400.0),
+                                ("stop_grace_s", 0.001, 3600.0), ("tick_s", 0.01, 10.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 out.append(f"{name}: must be a number of seconds")
-        for name in ("aging_max_boost", "daily_preemption_cap", "max_preemptions_per_job", "lost_worker_limit"):
+            elif (low is not None and value < low) or value > high:
+                bounds = f"between {low:g} and {high:g}" if low is not None else f"at most {high:g}"
+                out.append(f"{name}: must be {bounds} seconds, got {value:g}")
+        for name, high in (("aging_max_boost", 2), ("daily_preemption_cap", 1000), ("max_preemptions_per_job", 1000),
+                           ("lost_worker_limit", 100)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                out.append(f"{name}: must be a whole number >= 0")
-        for name in ("stop_grace_s", "tick_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                out.append(f"{name}: must be a number of seconds > 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                out.append(f"{name}: must be a whole number from 0 to {high}, got {value!r}")
         for name in ("warm_standby", "keep_final_state"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name}: must be true or false")
+        if self.reserved_device is not None and (not isinstance(self.reserved_device, str) or not self.reserved_device):
+            out.append("reserved_device: must be a device id such as gpu0 or cpu1, or none")
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -228,11 +228,18 @@ class Store:
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),)
             )
-        self._data_version = self._read_data_version()
+        self._seen: dict[str, int] = {"engine": self._read_data_version()}
 
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+    def audit_trail(self):
+        """The audit trail in this database, guarded by this store's lock."""
+        from .audit import AuditTrail
+
+        with self.lock:
+            return AuditTrail(self.conn, self.anchor_path, lock=self.lock)
 
     # ------------------------------------------------------------------ transactions
 
@@ -255,11 +262,12 @@ class Store:
         with self.lock:
             return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def changed(self) -> bool:
-        """True if another connection (the CLI, another process) committed since the last call."""
+    def changed(self, reader: str = "engine") -> bool:
+        """True if another connection (the CLI, another process) committed since this reader's
+        last call. Each reader (the engine loop, the console) keeps its own mark."""
         version = self._read_data_version()
-        if version != self._data_version:
-            self._data_version = version
+        if version != self._seen.get(reader):
+            self._seen[reader] = version
             return True
         return False
 

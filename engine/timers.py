@@ -130,7 +130,7 @@ class Timers:
 
     def shutdown(self) -> None:
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=True)  # a run being submitted finishes before the store closes
 
     def _cap_reset(self) -> None:
         # preemptions_today counts audit entries since local midnight: at midnight it is 0 again.
@@ -138,17 +138,25 @@ class Timers:
         self.engine.wake()
 
     def catch_up(self, now: float) -> list[int]:
-        """Fire once, now, each schedule whose last due time passed while Cutline was closed."""
+        """Fire once, now, each schedule whose latest due time passed while Cutline was closed
+        (if that is less than MISFIRE_GRACE_S ago; older misses are skipped, not replayed)."""
         fired = []
         for schedule in self.engine.store.schedules():
             if not schedule.enabled:
                 continue
             due = next_fire(schedule, schedule.last_fired_at or schedule.created_at)
-            if due is not None and due <= now and now - due <= MISFIRE_GRACE_S:
+            if due is None or due > now:
+                continue
+            for _ in range(100_000):  # the latest due time <= now (a week of a per-minute cron is 10k)
+                following = next_fire(schedule, due)
+                if following is None or following > now:
+                    break
+                due = following
+            if now - due <= MISFIRE_GRACE_S:
                 log.info("schedule %s missed its run at %s; running it now", schedule.id, due)
                 self.fire(schedule.id, due=due)
                 fired.append(schedule.id)
-            elif due is not None and due <= now:
+            else:
                 self.engine.store.set_schedule_fields(schedule.id, last_fired_at=now)  # too old: skip it
         return fired
 
@@ -184,20 +192,23 @@ class Timers:
         except LookupError:
             return
         when = time.time()
-        store.set_schedule_fields(schedule.id, last_fired_at=when)
         template = dict(schedule.template)
         stamp = _dt.datetime.fromtimestamp(due or when).strftime("%Y-%m-%d %H:%M")
         try:
-            job = self.engine.ops.submit(
-                name=f"{template.get('name') or schedule.name} ({stamp})",
-                model=template["model"], data=template["data"], train_args=template.get("train_args") or {},
-                priority=template.get("priority", "normal"), owner=template.get("owner"),
-                device_kind=template.get("device_kind"), origin="schedule", schedule_id=schedule.id,
-                operator=f"schedule:{schedule.name}",
-            )
+            with store.transaction():  # marked fired if and only if its job is queued
+                store.set_schedule_fields(schedule.id, last_fired_at=when)
+                job = self.engine.ops.submit(
+                    name=f"{template.get('name') or schedule.name} ({stamp})",
+                    model=template["model"], data=template["data"], train_args=template.get("train_args") or {},
+                    priority=template.get("priority", "normal"), owner=template.get("owner"),
+                    device_kind=template.get("device_kind"), origin="schedule", schedule_id=schedule.id,
+                    operator=f"schedule:{schedule.name}",
+                )
+            self.engine.ops.committed()
             log.info("schedule %s submitted job %s", schedule.id, job.id)
         except Exception as e:  # the dataset moved, say: tell the owner, keep the schedule
             log.error("schedule %s could not submit: %s", schedule.id, e)
+            store.set_schedule_fields(schedule.id, last_fired_at=when)  # tried; the next run comes at its time
             store.notify(template.get("owner") or "", None, "failed",
                          f"Scheduled retrain '{schedule.name}' could not be submitted: {e}")
         self.engine.wake()

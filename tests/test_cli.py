@@ -246,7 +246,7 @@ def test_audit_verify_export_and_tampering(home, submit, tmp_path):
 
 def test_settings_set_validates_everything_before_changing_anything(home):
     refused = cli(home, "settings", "set", "warm_standby=false", "daily_preemption_cap=-1", "--json", expect=2)
-    assert "error: daily_preemption_cap: must be a whole number >= 0" in refused.stderr
+    assert "error: daily_preemption_cap: must be a whole number from 0 to 1000, got -1" in refused.stderr
     assert json.loads(refused.stdout)["errors"][0]["field"] == "daily_preemption_cap"
     assert "error: daily_preemption_capp: unknown setting (did you mean 'daily_preemption_cap'?)" in cli(
         home, "settings", "set", "daily_preemption_capp=2", expect=2).stderr

@@ -29,7 +29,7 @@ ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
 def open_queue(home: Path) -> Operations:
     store = Store(home)
     with store.lock:
-        audit = AuditTrail(store.conn, store.anchor_path)
+        audit = store.audit_trail()
     return Operations(store, audit, [DeviceView("cpu0", "cpu")])
 
 

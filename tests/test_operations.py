@@ -16,14 +16,14 @@ from engine.spec import SpecError
 from engine.store import StaleState, Store
 from engine.timers import Timers, add_schedule, next_fire
 
-from engine_runs import tiny_job
+from engine_runs import tiny_job, wait_for
 
 
 @pytest.fixture
 def ops(tmp_path) -> Operations:
     store = Store(tmp_path / "home")
     with store.lock:
-        audit = AuditTrail(store.conn, store.anchor_path)
+        audit = store.audit_trail()
     return Operations(store, audit, [DeviceView("cpu0", "cpu")])
 
 
@@ -245,3 +245,57 @@ def test_audit_rows_swapped_in_the_database_are_detected(ops, tiny_dataset):
     db.commit()
     result = ops.audit.verify()
     assert not result.ok and result.problems
+
+
+def test_preview_shows_a_jump_and_changes_nothing(ops, tiny_dataset):
+    a = ops.submit(**tiny_job(tiny_dataset, "a"))
+    b = ops.submit(**tiny_job(tiny_dataset, "b"))
+    entries = len(ops.audit.entries())
+    result = ops.preview(lambda: ops.move(b.id, before=a.id, reason="preview"))
+    assert result.kind == "jump" and result.passed == (a.id,) and "expected_victims" in result.details
+    assert ids(ops.queue()) == [a.id, b.id] and len(ops.audit.entries()) == entries
+    assert ops.audit.verify().ok
+    ops.batch(lambda: [ops.move(b.id, before=a.id, reason="two at once"), ops.pause(a.id)])
+    assert ids(ops.queue()) == [b.id, a.id] and ops.store.job(a.id).state is JobState.PAUSED
+    assert ops.audit.verify().ok
+
+
+@pytest.mark.parametrize("key, value", [("tick_s", 1e12), ("tick_s", float("nan")), ("stop_grace_s", float("inf")),
+                                        ("safety_checkpoint_interval_s", True), ("daily_preemption_cap", -1),
+                                        ("reserved_device", "gpu7"), ("warm_standby", "yes")])
+def test_settings_that_would_wedge_the_engine_are_refused(ops, key, value):
+    with pytest.raises(SpecError) as excinfo:
+        ops.change_settings({key: value}, reason="test")
+    assert fields_of(excinfo) == [key]
+    assert ops.store.settings() == {}
+    assert [e.kind for e in ops.audit.entries()] == []
+
+
+def test_a_worker_that_cannot_be_launched_fails_its_job_and_frees_the_device(tmp_path, tiny_dataset):
+    engine = Engine(tmp_path / "home", use_nvml=False, settings={"warm_standby": False})
+    try:
+        job = engine.ops.submit(**tiny_job(tiny_dataset, "unlaunchable"))
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("a file where the run folder's parent should be")
+        engine.store.update(job.id, run_dir=str(blocker / "run"))
+        engine.start(timers=False)  # dispatch: the launch fails with an OSError inside the executor
+        failed = wait_for(lambda: (j := engine.store.job(job.id)).state is JobState.FAILED and j, 30, "the failure")
+        assert failed.state is JobState.FAILED and "could not start its worker" in failed.error
+        assert failed.device_id is None and engine.store.jobs({JobState.STARTING, JobState.RUNNING}) == []
+        assert [n.kind for n in engine.store.notifications()] == ["failed"]
+    finally:
+        engine.shutdown()
+
+
+def test_catch_up_runs_the_latest_missed_run_after_a_long_closure(tmp_path, tiny_dataset):
+    engine = Engine(tmp_path / "home", use_nvml=False, settings={"warm_standby": False})
+    try:
+        schedule = add_schedule(engine.store, engine.ops, name="nightly", cron="0 2 * * *",
+                                template=tiny_job(tiny_dataset, "nightly"), timezone="UTC")
+        # Closed for three days; started an hour after today's 02:00.
+        today_2am = next_fire(schedule, time.time() - 86400)
+        engine.store.set_schedule_fields(schedule.id, last_fired_at=today_2am - 3 * 86400 + 60)
+        assert Timers(engine).catch_up(today_2am + 3600) == [schedule.id]
+        assert len(engine.store.jobs()) == 1
+    finally:
+        engine.shutdown()
