@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -43,43 +44,25 @@ def console_main(argv: list[str]) -> int:
     )
     parser.add_argument("--home", help="data folder (default: $CUTLINE_HOME or the user data dir)")
     parser.add_argument("--cpu-slots", type=int, default=1, help="CPU slots offered when no NVIDIA GPU is found")
+    parser.add_argument("--no-nvml", action="store_true", help="ignore NVIDIA GPUs (use CPU slots)")
+    parser.add_argument("--theme", choices=["light", "dark"], help="colour theme (default: as last used)")
+    parser.add_argument("--no-demo", action="store_true", help="do not add the demo jobs to an empty queue")
     parser.add_argument("--screenshot", metavar="PNG", help="render the main window to PNG and exit")
     parser.add_argument("--after", type=float, default=0.0, metavar="SECONDS",
-                        help="with --screenshot: train the demo job this long first")
-    parser.add_argument("--size", default="1280x800", help="with --screenshot: window size, e.g. 1920x1080")
+                        help="with --screenshot: run the scenario this long first")
+    parser.add_argument("--scenario", choices=["demo", "emergency"], default="demo",
+                        help="with --screenshot: demo = the demo jobs train; emergency = an emergency retrain "
+                             "preempts the running job halfway through")
+    parser.add_argument("--size", default="1600x1000", help="with --screenshot: window size, e.g. 1920x1080")
     args = parser.parse_args(argv)
     if args.cpu_slots < 1:
         parser.error(f"--cpu-slots must be at least 1, got {args.cpu_slots}")
+    if args.screenshot and not re.fullmatch(r"\d+x\d+", args.size.lower()):
+        parser.error(f"--size must look like 1600x1000, got {args.size!r}")
 
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication
+    from console.app import run_console
 
-    from console.preview_window import PreviewWindow
-    from engine import paths
-    from engine.demo_job import demo_job_spec
-    from engine.devices import DeviceMonitor
-
-    home = paths.cutline_home(args.home)
-    app = QApplication.instance() or QApplication([sys.argv[0]])
-    app.setApplicationName("Cutline")
-    window = PreviewWindow(demo_job_spec(home), "Demo: surface defects · yolov8n", DeviceMonitor(cpu_slots=args.cpu_slots))
-    if args.screenshot:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-        window.resize(width, height)
-        window.quiet_close = True
-        window.show()
-        if args.after > 0:
-            window.start()
-
-        def capture() -> None:
-            window._poll()
-            window.grab().save(args.screenshot)
-            window.close()
-
-        QTimer.singleShot(int(args.after * 1000) + 300, capture)
-    else:
-        window.show()
-    return app.exec()
+    return run_console(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from engine import runlock
-from engine.audit import AuditTrail
 from engine.jobs import JobState
 from engine.operations import Operations
 from engine.policy import DeviceView

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from engine.audit import AuditTrail
 from engine.core import Engine
 from engine.jobs import JobEvent, JobState, Priority
 from engine.operations import OperationError, Operations
