@@ -48,6 +48,7 @@ from .job_details import JobDetails
 from .jump_dialog import JumpDialog, JumpPlan
 from .notifications_view import NotificationsView
 from .plots import PlotsPanel
+from .schedules_view import SchedulesView
 from .queue_model import COL, COLUMNS, PROGRESS_ROLE, QueueModel
 from .submit_dialog import SubmitDialog
 
@@ -128,6 +129,8 @@ class MainWindow(QMainWindow):
         self.notifications = NotificationsView(self)
         self.notifications.load(engine)
         self.devices_panel = DevicesPanel(engine, self)
+        self.schedules_view = SchedulesView(engine, self)
+        self.schedules_view.add_requested.connect(self.open_schedule)
 
         self._build_actions()
         self._build_layout()
@@ -239,6 +242,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.details, "Details")
         self.tabs.addTab(self.audit_view, "Audit")
         self.tabs.addTab(self.notifications, "Notifications")
+        self.tabs.addTab(self.schedules_view, "Schedules")
         self.tabs.currentChanged.connect(self._tab_changed)
 
         self.splitter = QSplitter(Qt.Vertical)
@@ -327,6 +331,8 @@ class MainWindow(QMainWindow):
         widget = self.tabs.widget(index)
         if widget is self.audit_view:
             self.audit_view.refresh()
+        elif widget is self.schedules_view:
+            self.schedules_view.refresh()
         elif widget is self.notifications:
             self.notifications.mark_all_read()
             self._update_notification_tab()
@@ -546,6 +552,7 @@ class MainWindow(QMainWindow):
         def accepted() -> None:
             self._dirty = True
             self.audit_view.refresh()
+            self.schedules_view.refresh()
             if on_accept:
                 on_accept()
 

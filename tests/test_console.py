@@ -176,3 +176,26 @@ def test_emergency_button_pauses_the_running_job_trains_the_urgent_one_and_histo
     finally:
         if again.state != "stopped":
             again.shutdown()
+
+
+def test_schedule_dialog_validates_the_cron_line_and_the_schedules_tab_lists_it(qtbot, engine, tmp_path,
+                                                                                 tiny_dataset):
+    window = open_window(qtbot, engine, tmp_path)
+    window.open_schedule()
+    dialog = window.dialog
+    dialog.name_edit.setText("nightly retrain")
+    dialog.data_edit.setText(str(tiny_dataset))
+    dialog.cron_edit.setText("0 25 * * *")
+    dialog.accept()
+    assert dialog.isVisible() and "not a valid crontab line" in dialog.errors["cron"].text()
+    assert engine.store.schedules() == []
+    dialog.cron_edit.setText("0 2 * * *")
+    dialog.accept()
+    assert not dialog.isVisible()
+    window.tabs.setCurrentWidget(window.schedules_view)
+    table = window.schedules_view.table
+    assert table.rowCount() == 1 and table.item(0, 1).text() == "nightly retrain"
+    assert table.item(0, 4).text() != "—"  # next run shown
+    table.selectRow(0)
+    window.schedules_view.remove_selected(confirm=False)
+    assert engine.store.schedules() == [] and table.rowCount() == 0
