@@ -228,6 +228,7 @@ class MainWindow(QMainWindow):
         self.owner_filter.textChanged.connect(self._filters_changed)
         filters.addWidget(self.owner_filter)
         self.ended_filter = QCheckBox("Show ended")
+        self.ended_filter.setChecked(self.model.filters.show_ended)
         self.ended_filter.toggled.connect(self._filters_changed)
         filters.addWidget(self.ended_filter)
 

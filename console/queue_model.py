@@ -27,7 +27,8 @@ JOB_ID_ROLE = Qt.UserRole + 2
 class Filters:
     states: frozenset[str] = frozenset()   # empty = all not ended
     owner: str = ""                        # substring, case-insensitive
-    show_ended: bool = False
+    show_ended: bool = True                # the most recent ended jobs, below the queue
+    ended_limit: int = 50
 
 
 class QueueModel(QAbstractTableModel):
@@ -51,7 +52,7 @@ class QueueModel(QAbstractTableModel):
         ended = []
         if self.filters.show_ended:
             ended = sorted(self.engine.store.jobs({JobState.FINISHED, JobState.FAILED, JobState.CANCELLED}),
-                           key=lambda j: -(j.ended_at or 0))
+                           key=lambda j: -(j.ended_at or 0))[: self.filters.ended_limit]
         try:
             self.waiting = self.engine.why_waiting()
         except Exception:  # a broken snapshot must not blank the queue

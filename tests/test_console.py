@@ -153,7 +153,9 @@ def test_emergency_button_pauses_the_running_job_trains_the_urgent_one_and_histo
     assert engine.store.job(urgent.id).state is JobState.FINISHED
     assert any(e.kind == "emergency" for e in engine.audit.entries())
 
+    window.ended_filter.setChecked(True)
     window.select_job(low.id)
+    assert window.selected_ids() == [low.id]
     before = {name: window.plots.curve_data("loss", low.id, name) for name in ("box_loss", "cls_loss")}
     metrics_before = window.plots.curve_data("metrics", low.id, "mAP50-95")
     markers_before = list(window.plots.series[low.id].markers)
