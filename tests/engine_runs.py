@@ -63,8 +63,8 @@ def overlaps(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list
     return [(x, y) for x in a for y in b if x[0] < y[1] and y[0] < x[1]]
 
 
-def start_headless(home: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), CUTLINE_FORBID_NETWORK="1")
+def start_headless(home: Path, **env_extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUTLINE_FORBID_NETWORK="1", **env_extra)
     log = open(home / "headless.log", "ab")
     return subprocess.Popen([sys.executable, "main.py", "headless", "--home", str(home), "--no-nvml"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

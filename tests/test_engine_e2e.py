@@ -95,10 +95,12 @@ def test_urgent_job_preempts_low_job_which_resumes_exactly(engine_factory, tiny_
 def test_stuck_worker_is_killed_at_the_deadline_and_resumes_from_its_safety_checkpoint(
     engine_factory, tiny_dataset, baseline_run
 ):
-    # The tiny job trains for only a few seconds: checkpoint every second, kill half a second
-    # after the stop request, so the kill lands while it is still training.
+    # The tiny job trains for only a few seconds: slowed to >= 0.25 s a batch (same numbers), a
+    # safety checkpoint every second and the kill half a second after the stop request, so the
+    # kill lands while it is still training, even on a loaded machine.
     engine = engine_factory(stop_grace_s=0.5, safety_checkpoint_interval_s=1.0,
-                            worker_env={"CUTLINE_FAULT_IGNORE_STOP": "1"}).start()
+                            worker_env={"CUTLINE_FAULT_IGNORE_STOP": "1",
+                                        "CUTLINE_FAULT_BATCH_DELAY_S": "0.25"}).start()
     low = engine.ops.submit(**tiny_job(tiny_dataset, "stuck", "low"))
     wait_for(lambda: any(e["reason"] == "safety" for e in run_events(engine.store.job(low.id).run_dir, "checkpoint")),
              120, "a safety checkpoint", interval=0.02)

@@ -67,7 +67,8 @@ def test_engine_killed_during_a_preemption_loses_and_duplicates_nothing(tmp_path
     ops = open_queue(home)
     ops.store.put_settings(TEST_SETTINGS)
     low = ops.submit(**tiny_job(tiny_dataset, "victim", "low"))
-    engine = start_headless(home)
+    # Slowed (same numbers) so the victim is surely still training when the urgent job arrives.
+    engine = start_headless(home, CUTLINE_FAULT_BATCH_DELAY_S="0.1")
     try:
         wait_for(lambda: (ops.store.job(low.id).batch or 0) >= 2, 120, "the low job to train")
         # Submitted from this process while the engine runs elsewhere: picked up within a tick.
@@ -76,7 +77,7 @@ def test_engine_killed_during_a_preemption_loses_and_duplicates_nothing(tmp_path
         kill_engine(engine)  # the victim is saving; the urgent worker waits at its gate
 
         wait_for(lambda: runlock.holder(low.run_dir) is None, 60, "the victim to exit by itself")
-        engine = start_headless(home)
+        engine = start_headless(home, CUTLINE_FAULT_BATCH_DELAY_S="0.1")
         wait_for(lambda: all(ops.store.job(j).state in ENDED for j in (low.id, urgent.id)), 300, "both jobs to end")
     finally:
         assert stop_headless(engine) == 0

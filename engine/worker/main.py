@@ -30,6 +30,7 @@ FAULT_SIGTERM_ENV = "CUTLINE_FAULT_SIGTERM_AT"  # tests and drills: see trainer.
 # these CPUs. A standby pays for them before it is needed.
 STANDBY_PRELOADS = ("torch._inductor", "torch._dynamo", "torchvision.models", "torchvision.datasets",
                     "torch.distributed", "ultralytics.data.build", "ultralytics.nn.tasks")
+FAULT_BATCH_DELAY_ENV = "CUTLINE_FAULT_BATCH_DELAY_S"  # tests and drills: sleep at every batch boundary
 THREADS_ENV = "CUTLINE_TORCH_THREADS"  # torch threads for this worker (set per CPU slot by the engine)
 
 
@@ -243,6 +244,7 @@ def _build_trainer(spec: JobSpec, run_dir: Path, resume_path: Path, signals: Sto
     trainer.resume_path = resume_path
     trainer.resume_state = torch.load(resume_path, map_location="cpu", weights_only=False) if resume_path.exists() else None
     trainer.fault_points = parse_fault_points(os.environ.get(FAULT_SIGTERM_ENV, ""))
+    trainer.batch_delay = float(os.environ.get(FAULT_BATCH_DELAY_ENV) or 0)
     trainer.add_callback("on_fit_epoch_end", _epoch_reporter(events))
     return trainer
 

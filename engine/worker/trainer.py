@@ -78,6 +78,7 @@ class _PreemptibleMixin:
     signals: StopSignals
     emit: Callable[..., None]
     fault_points: set = frozenset()
+    batch_delay: float = 0.0  # seconds slept at each batch boundary (tests and drills only)
     # Called once setup is done, before the first batch. A gated worker prepares (dataset scan,
     # model build) while the job it replaces still saves, and waits here for the device. Returns
     # False to stop before training.
@@ -263,6 +264,8 @@ class _PreemptibleMixin:
     def _boundary(self, epoch: int, batches_done: int) -> None:
         """A safe point: nothing is half-applied. Act on signals that arrived since the last one."""
         self._fault_point(("batch", epoch, batches_done))
+        if self.batch_delay:
+            time.sleep(self.batch_delay)  # drills: a slower job, same numbers
         if self.signals.preempt:
             self.save_resume_checkpoint(epoch, batches_done, reason="preempt")
             raise Preempted(f"epoch {epoch + 1}, batch {batches_done}/{self._nb}")
