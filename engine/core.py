@@ -124,6 +124,7 @@ class Engine:
         self._acquire_lock()
         try:
             self.recover()
+            self._start_api()
             if timers:
                 from .timers import Timers
 
@@ -160,7 +161,49 @@ class Engine:
         self._thread = None
         self._close()
 
+    def _start_api(self) -> None:
+        self.api = None
+        self.api_note = "off"
+        if not self.settings.api_enabled:
+            self.store.put_meta("api_url", None)
+            return
+        from .api.server import ApiServer
+
+        try:
+            self.api = ApiServer(self, self.settings.api_host, self.settings.api_port).start()
+        except Exception as e:  # a busy port must not stop the scheduling; say why the API is off
+            self.api_note = f"not serving: {e}"
+            log.error("HTTP API %s", self.api_note)
+            self.store.put_meta("api_url", None)
+            return
+        self.api_note = self.api.url
+        self.store.put_meta("api_url", self.api.url)
+
+    def devices_report(self) -> list[dict]:
+        """Each device, its latest reading, and the job on it (for the API and the CLI)."""
+        samples = {s.device_id: s for s in self.monitor.sample()}
+        holders = {j.device_id: j for j in self.store.jobs(set(ACTIVE)) if j.device_id}
+        out = []
+        for device in self.monitor.devices:
+            sample, job = samples.get(device.id), holders.get(device.id)
+            out.append({
+                "id": device.id, "kind": device.kind, "name": device.name,
+                "reserved_for_urgent": device.id == self.settings.reserved_device,
+                "utilization": sample.utilization if sample else None,
+                "memory_used": sample.memory_used if sample else None,
+                "memory_total": sample.memory_total if sample else device.memory_total,
+                "temperature_c": sample.temperature_c if sample else None,
+                "power_w": sample.power_w if sample else None,
+                "pids": list(sample.pids) if sample else [],
+                "job": None if job is None else {"id": job.id, "name": job.name, "priority": job.priority.label,
+                                                 "state": job.state.value},
+            })
+        return out
+
     def _close(self) -> None:
+        if getattr(self, "api", None) is not None:
+            self.api.stop()
+            self.api = None
         if self.timers is not None:
             self.timers.shutdown()
             self.timers = None
@@ -595,6 +638,7 @@ class Engine:
             "preemptions_today": self.ops.preemptions_today(),
             "daily_preemption_cap": self.settings.daily_preemption_cap,
             "last_error": self.last_error,
+            "api": getattr(self, "api_note", "off"),
             **self.executor.status(),
         }
 

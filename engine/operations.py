@@ -264,6 +264,8 @@ class Operations:
         train_args: dict[str, Any] | None = None,
         owner: str | None = None,
         device_kind: str | None = None,
+        priority: str | int | Priority = Priority.URGENT,
+        audit_details: dict | None = None,
     ) -> JobRecord:
         """One call for the 02:10 moment: an urgent retrain that starts from a job's trained weights
         (best.pt, else last.pt) or from a model file, on a dataset (the job's own by default),
@@ -287,11 +289,13 @@ class Operations:
         args = dict(source.train_args) if source is not None else {}
         args.update(train_args or {})
         label = name or f"emergency retrain{f' of {source.name}' if source else ''}"
+        urgent = _is_urgent(priority)
         return self.submit(
-            name=label, model=model, data=data, train_args=args, priority=Priority.URGENT,
+            name=label, model=model, data=data, train_args=args, priority=priority,
             owner=owner or operator, device_kind=device_kind if device_kind is not None else (source.device_kind if source else None),
             operator=operator, reason=reason, origin="emergency", parent_id=source.id if source else None,
-            audit_kind="emergency", audit_details={"from_job": source.id if source else None, "base_model": model},
+            audit_kind="emergency" if urgent else "submit",
+            audit_details={"from_job": source.id if source else None, "base_model": model, **(audit_details or {})},
         )
 
     # ------------------------------------------------------------------ order

@@ -25,6 +25,10 @@ class EngineSettings:
     lost_worker_limit: int = 3                # a job whose worker vanished this many times fails
     keep_final_state: bool = False            # keep weights/final_state.pt (raw model, EMA, optimizer) per job
     tick_s: float = 0.25                      # how often the engine looks at the store and workers
+    # HTTP API (engine/api): loopback only unless changed; every request needs a bearer token
+    api_enabled: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = 8765                      # 0 = any free port (recorded in the store's meta as api_url)
 
     def rules(self, preemptions_today: int) -> Rules:
         return Rules(
@@ -67,7 +71,11 @@ class EngineSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
                 out.append(f"{name}: must be a whole number from 0 to {high}, got {value!r}")
-        for name in ("warm_standby", "keep_final_state"):
+        if isinstance(self.api_port, bool) or not isinstance(self.api_port, int) or not 0 <= self.api_port <= 65535:
+            out.append(f"api_port: must be a port number from 0 to 65535, got {self.api_port!r}")
+        if not isinstance(self.api_host, str) or not self.api_host.strip():
+            out.append("api_host: must be an address such as 127.0.0.1")
+        for name in ("warm_standby", "keep_final_state", "api_enabled"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name}: must be true or false")
         if self.reserved_device is not None and (not isinstance(self.reserved_device, str) or not self.reserved_device):

@@ -99,6 +99,22 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_fired_at  REAL
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq         INTEGER PRIMARY KEY,
+    ts          REAL    NOT NULL,
+    fingerprint TEXT    NOT NULL,
+    status      TEXT    NOT NULL,
+    alertname   TEXT    NOT NULL,
+    labels      TEXT    NOT NULL,
+    annotations TEXT    NOT NULL,
+    starts_at   TEXT,
+    rule        TEXT,
+    action      TEXT    NOT NULL,
+    detail      TEXT    NOT NULL,
+    job_id      INTEGER,
+    operator    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_events_fingerprint ON alert_events(fingerprint);
 """
 
 # Columns a caller may set through `update`/`transition` (everything but the identity).

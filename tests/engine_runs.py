@@ -22,6 +22,7 @@ TEST_SETTINGS = {
     "keep_final_state": True,
     "safety_checkpoint_interval_s": 0,
     "tick_s": 0.1,
+    "api_enabled": False,
 }
 
 
