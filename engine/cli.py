@@ -321,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
     operator(q)
 
+    p = command("token", cmd_token_list, "HTTP API tokens (names only; the secrets stay in the owner-only file)")
+    token_sub = p.add_subparsers(title="token commands", metavar="ACTION")
+    q = command("show", cmd_token_show, "print a token's secret (for a client's credentials file)", token_sub)
+    q.add_argument("name", nargs="?", default="default")
+    q = command("regenerate", cmd_token_regenerate, "a new secret for a token (created if missing); the old one "
+                "stops working at once", token_sub)
+    q.add_argument("name", nargs="?", default="default")
+    q = command("revoke", cmd_token_revoke, "delete a token", token_sub)
+    q.add_argument("name")
+
+    p = command("alerts", cmd_alerts, "alerts received from Alertmanager and what each caused")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p = command("rules", cmd_rules_show, "the alert rules (alert labels -> emergency retrain)")
+    rules_sub = p.add_subparsers(title="rules commands", metavar="ACTION")
+    q = command("check", cmd_rules_check, "validate a rules file without installing it", rules_sub)
+    q.add_argument("file", metavar="FILE.yaml")
+    q = command("install", cmd_rules_install, "validate and install a rules file (a bad one changes nothing)",
+                rules_sub)
+    q.add_argument("file", metavar="FILE.yaml")
+
     command("headless", cmd_headless, "run the engine without a window until SIGTERM or Ctrl+C")
     return parser
 
@@ -856,6 +876,97 @@ def cmd_settings_set(ctx: Context) -> dict:
     return {"changed": changed, "settings": ctx.ops.settings.to_dict()}
 
 
+# ---------------------------------------------------------------------- API tokens, alerts, rules
+
+
+def cmd_token_list(ctx: Context) -> dict:
+    from .api.tokens import TokenStore
+
+    tokens = TokenStore(ctx.home).tokens()
+    url = ctx.store.meta("api_url")
+    ctx.say(f"API: {url or 'not serving (no engine running, or the API is off)'}; tokens in {TokenStore(ctx.home).path}")
+    for t in tokens:
+        ctx.say(f"  {t.name:<20} created {_when(t.created_at)}")
+    if not tokens:
+        ctx.say("  no tokens (the engine creates 'default' at its first start)")
+    return {"api_url": url, "tokens": [{"name": t.name, "created_at": t.created_at} for t in tokens]}
+
+
+def cmd_token_show(ctx: Context) -> dict:
+    from .api.tokens import TokenStore
+
+    token = next((t for t in TokenStore(ctx.home).tokens() if t.name == ctx.args.name), None)
+    if token is None:
+        raise CliError(f"no token named {ctx.args.name!r} (`token regenerate {ctx.args.name}` creates it)", field="name")
+    ctx.say(token.secret)
+    return {"name": token.name, "secret": token.secret}
+
+
+def cmd_token_regenerate(ctx: Context) -> dict:
+    from .api.tokens import TokenStore
+
+    try:
+        token = TokenStore(ctx.home).regenerate(ctx.args.name)
+    except ValueError as e:
+        raise CliError(str(e), field="name") from None
+    ctx.say(token.secret)
+    print(f"token {token.name!r} regenerated; update its clients (e.g. Alertmanager's credentials_file)", file=sys.stderr)
+    return {"name": token.name, "secret": token.secret}
+
+
+def cmd_token_revoke(ctx: Context) -> dict:
+    from .api.tokens import TokenStore
+
+    if not TokenStore(ctx.home).revoke(ctx.args.name):
+        raise CliError(f"no token named {ctx.args.name!r}", field="name")
+    ctx.say(f"token {ctx.args.name!r} revoked")
+    return {"revoked": ctx.args.name}
+
+
+def cmd_alerts(ctx: Context) -> dict:
+    from .alerts import alert_events
+
+    events = alert_events(ctx.store, max(1, ctx.args.limit))
+    rows = [[_clock(e["ts"]), e["alertname"], e["status"], " ".join(f"{k}={v}" for k, v in sorted(e["labels"].items())
+                                                                   if k != "alertname")[:40],
+             e["rule"] or "—", e["action"] + (f" job {e['job_id']}" if e["job_id"] else ""), _short(e["detail"], 60)]
+            for e in events]
+    if rows:
+        ctx.say(*_table(["TIME", "ALERT", "STATUS", "LABELS", "RULE", "CAUSED", "DETAIL"], rows))
+    else:
+        ctx.say("no alerts received")
+    return {"alerts": events}
+
+
+def cmd_rules_show(ctx: Context) -> dict:
+    from .alerts import load_rules, rules_path
+
+    path = rules_path(ctx.home)
+    rules = load_rules(ctx.home)
+    ctx.say(f"{path}: {len(rules)} rule(s)" if path.exists() else f"{path}: no rules file yet")
+    for r in rules:
+        source = f"job {r.retrain['from_job']}" if "from_job" in r.retrain else r.retrain.get("model")
+        ctx.say(f"  {r.name}: {' '.join(f'{k}={v}' for k, v in r.match.items())} -> retrain from {source}"
+                + (f", cooldown {r.cooldown_s:.0f} s" if r.cooldown_s else ""))
+    return {"path": str(path), "rules": [r.__dict__ for r in rules]}
+
+
+def cmd_rules_check(ctx: Context) -> dict:
+    from .alerts import parse_rules
+
+    rules = parse_rules(Path(ctx.args.file).read_text(encoding="utf-8"))
+    ctx.say(f"{ctx.args.file}: {len(rules)} valid rule(s)")
+    return {"valid": True, "rules": len(rules)}
+
+
+def cmd_rules_install(ctx: Context) -> dict:
+    from .alerts import save_rules
+
+    rules = save_rules(ctx.home, Path(ctx.args.file).read_text(encoding="utf-8"))
+    ctx.say(f"installed {len(rules)} rule(s); the next alert delivery uses them")
+    return {"installed": len(rules)}
+
+
 # ---------------------------------------------------------------------- headless engine
 
 
@@ -883,12 +994,14 @@ def cmd_headless(ctx: Context) -> dict:
             raise
         devices = ", ".join(f"{d.id} ({d.kind})" for d in engine.monitor.devices)
         info = {"pid": os.getpid(), "home": str(ctx.home), "devices": [d.id for d in engine.monitor.devices],
-                "device_backend": engine.monitor.backend_note, "recovery": list(engine.recovery_report)}
+                "device_backend": engine.monitor.backend_note, "recovery": list(engine.recovery_report),
+                "api": engine.api_note}
         if ctx.json:
             print(json.dumps({"ok": True, **info}), flush=True)
         else:
             print(f"engine running (pid {os.getpid()}) on {ctx.home}", flush=True)
             print(f"devices: {devices}; {engine.monitor.backend_note}", flush=True)
+            print(f"HTTP API: {engine.api_note} (token: `cutline token show`)", flush=True)
             print("recovery: " + ("nothing to recover" if not engine.recovery_report else ""), flush=True)
             for line in engine.recovery_report:
                 print(f"  {line}", flush=True)

@@ -316,3 +316,23 @@ def test_headless_engine_is_seen_by_other_commands_and_stops_on_sigterm(home):
     assert proc.returncode == 0, err
     assert f"engine running (pid {proc.pid})" in out and "nothing to recover" in out
     assert engine_running(home) is None
+
+
+def test_api_tokens_and_alert_rules_from_the_command_line(home, tmp_path):
+    from engine.api.tokens import TokenStore
+
+    assert "no tokens" in cli(home, "token").stdout
+    first = cli(home, "token", "regenerate").stdout.strip()
+    assert TokenStore(home).authenticate(first) == "default"
+    assert cli(home, "token", "show").stdout.strip() == first
+    second = cli(home, "token", "regenerate", "default").stdout.strip()
+    assert second != first and TokenStore(home).authenticate(first) is None
+    assert "error: no token named 'ci'" in cli(home, "token", "show", "ci", expect=2).stderr
+    assert "revoked" in cli(home, "token", "revoke", "default").stdout
+
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: r\n    match: {alertname: X}\n    retrain: {priority: urgent}\n")
+    refused = cli(home, "rules", "install", str(bad), expect=2)
+    assert "error: rule 'r'.retrain: give from_job (a job id) or model (a weights file)" in refused.stderr
+    assert "no rules file yet" in cli(home, "rules").stdout
+    assert cli_json(home, "alerts")["alerts"] == []
