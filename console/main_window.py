@@ -40,6 +40,7 @@ from engine.spec import SpecError
 from engine.store import JobRecord
 
 from . import theme
+from .alerts_view import AlertsView
 from .audit_view import AuditView
 from .bridge import EngineBridge
 from .devices_panel import DevicesPanel
@@ -131,6 +132,7 @@ class MainWindow(QMainWindow):
         self.devices_panel = DevicesPanel(engine, self)
         self.schedules_view = SchedulesView(engine, self)
         self.schedules_view.add_requested.connect(self.open_schedule)
+        self.alerts_view = AlertsView(engine, self)
 
         self._build_actions()
         self._build_layout()
@@ -244,6 +246,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.audit_view, "Audit")
         self.tabs.addTab(self.notifications, "Notifications")
         self.tabs.addTab(self.schedules_view, "Schedules")
+        self.tabs.addTab(self.alerts_view, "Alerts")
         self.tabs.currentChanged.connect(self._tab_changed)
 
         self.splitter = QSplitter(Qt.Vertical)
@@ -334,6 +337,8 @@ class MainWindow(QMainWindow):
             self.audit_view.refresh()
         elif widget is self.schedules_view:
             self.schedules_view.refresh()
+        elif widget is self.alerts_view:
+            self.alerts_view.refresh()
         elif widget is self.notifications:
             self.notifications.mark_all_read()
             self._update_notification_tab()
