@@ -279,6 +279,9 @@ class MainWindow(QMainWindow):
         self._dirty = True
 
     def _tick(self) -> None:
+        if self.engine.state == "stopped":  # closed under us (tests, scripts): nothing left to show
+            self.timer.stop()
+            return
         now = time.monotonic()
         if self._dirty or self.engine.store.changed("console") or now - self._last_refresh > 1.0:
             self._dirty = False
