@@ -279,7 +279,7 @@ class MainWindow(QMainWindow):
         self._dirty = True
 
     def _tick(self) -> None:
-        if self.engine.state == "stopped":  # closed under us (tests, scripts): nothing left to show
+        if self.engine.closed:  # shut down under us (tests, scripts): nothing left to show
             self.timer.stop()
             return
         now = time.monotonic()

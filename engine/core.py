@@ -116,6 +116,7 @@ class Engine:
         self._notification_seq = self.store.notifications()[-1].seq if self.store.notifications() else 0
         self.timers = None
         self.state = "stopped"
+        self.closed = False  # after shutdown: the store is closed, nothing may read it
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -213,6 +214,7 @@ class Engine:
         self.state = "stopped"
         self._emit("engine", {"state": self.state})
         self.store.close()
+        self.closed = True
 
     def _acquire_lock(self) -> None:
         path = self.home / ENGINE_LOCK_FILE
