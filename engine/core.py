@@ -46,6 +46,7 @@ log = logging.getLogger("cutline.engine")
 ENGINE_LOCK_FILE = "engine.lock"
 ENGINE_OPERATOR = "cutline-engine"
 FULL_DECIDE_EVERY_S = 2.0  # aging and protection change with time alone
+RETRY_LAUNCH_S = 10.0      # a cluster that refused a job is asked again after this long
 
 
 class EngineBusy(RuntimeError):
@@ -92,10 +93,14 @@ class Engine:
             self.store.put_settings(settings)
         self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
         self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
-        self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.monitor.devices])
+        if executor is not None and executor.self_scheduling:
+            # A cluster pool is one place to send jobs; the cluster places them on its nodes.
+            pool = Device("slurm", "gpu" if getattr(executor, "gpus_per_job", 0) else "cpu", f"{executor.name} pool", 0)
+            self.devices = {pool.id: pool}
+        self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.devices.values()])
         self.ops.on_change = self.wake  # an operation committed in this process: act on it now
         # What this engine offers, for the CLI's checks and waiting reasons while it runs or after.
-        self.store.put_meta("devices", [{"id": d.id, "kind": d.kind, "name": d.name} for d in self.monitor.devices])
+        self.store.put_meta("devices", [{"id": d.id, "kind": d.kind, "name": d.name} for d in self.devices.values()])
         self.settings = self.ops.settings
         self.executor = executor or LocalExecutor(
             self.home, paths.ultralytics_config_dir(self.home), cpu_slots=cpu_slots,
@@ -113,6 +118,7 @@ class Engine:
         self._last_full_decide = 0.0
         self._checkpoint_requested = False
         self._calls: deque[Callable[[], None]] = deque()
+        self._retry_after: dict[int, float] = {}   # job id -> when a retryable launch failure may retry
         self._notification_seq = self.store.notifications()[-1].seq if self.store.notifications() else 0
         self.timers = None
         self.state = "stopped"
@@ -150,7 +156,7 @@ class Engine:
             self._close()
             return
         self.state = "stopping"  # from here on nothing new is dispatched
-        if mode == "checkpoint":
+        if mode == "checkpoint" and not self.executor.self_scheduling:  # a cluster keeps running its jobs
             self.call_soon(self._stop_all_for_shutdown)
             deadline = time.monotonic() + (timeout if timeout is not None else self.settings.stop_grace_s + 15)
             while time.monotonic() < deadline and self.store.jobs(set(ACTIVE)):
@@ -345,6 +351,12 @@ class Engine:
                 changes["metrics"] = metrics
             elif kind == "checkpoint":
                 changes.update(last_checkpoint_at=event["ts"], checkpoint=event.get("path"))
+            elif kind == "preempted" and self.executor.self_scheduling and job_id in self.handles:
+                if job.stop_target:  # our own stop (pause, cancel): end the cluster job, no requeue
+                    self.executor.cancel(self.handles[job_id])
+                    self.outcomes[job_id] = event
+                elif job.state.is_active:
+                    job = self._cluster_preempted(job, event)
             elif kind in ("preempted", "finished", "failed"):
                 self.outcomes[job_id] = event
             self._emit("event", {"job_id": job_id, **event})
@@ -465,6 +477,14 @@ class Engine:
     # ------------------------------------------------------------------ decide and act
 
     def _dispatch(self, now: float) -> None:
+        if self.executor.self_scheduling:
+            # The cluster schedules: hand it every queued job, in queue order.
+            pool = next(iter(self.devices))
+            for job in self.ops.queue():
+                if job.state is JobState.QUEUED and self._retry_after.get(job.id, 0) <= now:
+                    self._start(job.id, pool, gated=False)
+            self._follow_priorities()
+            return
         snapshot = self.ops.snapshot(now)
         decision = policy.decide(snapshot)
         for action in decision.actions:
@@ -512,6 +532,45 @@ class Engine:
         # The urgent job prepares now, on the victim's device, and starts when the victim is gone.
         self._start(urgent.id, action.device_id, gated=True)
 
+    def _follow_priorities(self) -> None:
+        """A class changed while the cluster holds the job (a jump): move it there if it can."""
+        for job_id, handle in list(self.handles.items()):
+            job = self.store.job(job_id)
+            try:
+                note = self.executor.update_priority(handle, job.priority)
+            except Exception as e:
+                note = f"could not change its place in {self.executor.name}: {e}"
+            if note and note != handle.record.get("note"):
+                handle.record["note"] = note
+                self.store.update(job_id, worker=handle.record)
+
+    def _cluster_preempted(self, job: JobRecord, event: dict) -> JobRecord:
+        """The cluster preempted this job and requeued it (same cluster job): record it like one
+        of our own preemptions (audit, owner notified) and follow the requeued job."""
+        handle = self.handles[job.id]
+        urgent = [j for j in self.store.jobs(set(ACTIVE)) if j.priority is Priority.URGENT and j.id != job.id]
+        with self.store.transaction():
+            self.audit.append(
+                "preempt", operator=self.executor.name,
+                reason=f"{self.executor.name} preempted job {job.id} for higher-priority work and requeued it",
+                job_id=job.id,
+                details={"victim": victim_details(job), "cluster_job": handle.record,
+                         "for_jobs": [{"job": u.id, "name": u.name, "cluster_job": (u.worker or {})} for u in urgent]},
+            )
+            job = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state,
+                                        detail=f"preempted and requeued by {self.executor.name}",
+                                        preemptions=job.preemptions + 1, waiting_since=time.time(),
+                                        running_since=None)
+            job = self.store.transition(job.id, JobEvent.DISPATCH, expect=JobState.QUEUED,
+                                        detail=f"requeued by {self.executor.name} as the same job",
+                                        device_id=next(iter(self.devices)), running_since=time.time())
+            self.store.notify(job.owner, job.id, "preempted",
+                              f"Your job {job.id} ({job.name}) was preempted by {self.executor.name} at epoch "
+                              f"{(job.epoch or 0) + 1}, batch {job.batch or 0}; it is requeued and resumes from its checkpoint.")
+        with self.store.lock:
+            self.audit.flush_anchor()
+        return job
+
     def _last_jump(self, job_id: int) -> dict | None:
         with self.store.lock:
             row = self.store.conn.execute(
@@ -538,20 +597,29 @@ class Engine:
                        keep_final_state=self.settings.keep_final_state)
         try:
             handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
-                                                        urgent=job.priority is Priority.URGENT))
+                                                        urgent=job.priority is Priority.URGENT, priority=job.priority))
         except Exception as e:  # disk full, permissions, a cluster refusing: the job must not hold the device
-            log.exception("could not start job %s", job.id)
-            self._launch_failed(job.id, f"could not start its worker: {e}")
+            log.error("could not start job %s: %s", job.id, e)
+            self._launch_failed(job.id, f"could not start its worker: {e}", retry=getattr(e, "retryable", False))
             return
-        job = self.store.update(job.id, worker=handle.record)
+        job = self.store.update(job.id, worker=handle.record, error=None)
+        self._retry_after.pop(job.id, None)
         self._track(job, handle)
         self._emit("job", job)
 
-    def _launch_failed(self, job_id: int, error: str) -> None:
+    def _launch_failed(self, job_id: int, error: str, retry: bool = False) -> None:
         with self.store.transaction():
             job = self.store.job(job_id)
             released = dict(device_id=None, gated=0, running_since=None, stop_sent_at=None, stop_deadline=None)
-            if job.state is JobState.STARTING:
+            if job.state is JobState.STARTING and retry:
+                # The cluster is down or refused: the job stays queued, with the error shown, and is
+                # tried again shortly. Nothing is lost.
+                self.store.transition(job.id, JobEvent.RECOVER, expect=JobState.STARTING, detail=error, error=error,
+                                      **released)
+                if job.error != error:
+                    self._notify(job, "failed", f"Your job {job.id} ({job.name}) is still queued: {error}")
+                self._retry_after[job.id] = time.time() + RETRY_LAUNCH_S
+            elif job.state is JobState.STARTING:
                 done = self.store.transition(job.id, JobEvent.WORKER_FAILED, expect=JobState.STARTING, detail=error,
                                              error=error, ended_at=time.time(), **released)
                 self._notify(done, "failed", f"Your job {job.id} ({job.name}) {error}")
@@ -645,6 +713,14 @@ class Engine:
         }
 
     def why_waiting(self) -> dict[int, str]:
+        if self.executor.self_scheduling:
+            out = {}
+            for job in self.store.jobs({JobState.STARTING, JobState.QUEUED}):
+                handle = self.handles.get(job.id)
+                reason = self.executor.waiting_reason(handle) if handle else (job.error or "being handed to the cluster")
+                if reason:
+                    out[job.id] = reason
+            return out
         decision = policy.decide(self.ops.snapshot())
         return {int(job_id): reason for job_id, reason in decision.waiting}
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .devices import Device
+from .jobs import Priority
 from .spec import JobSpec
 
 
@@ -26,6 +27,7 @@ class LaunchRequest:
     device: Device
     gated: bool = False     # prepare now, start the first batch only on release()
     urgent: bool = False    # may use the warm standby worker
+    priority: Priority = Priority.NORMAL   # a cluster executor maps it to a partition or QOS
 
 
 @dataclass
@@ -45,11 +47,20 @@ class WorkerExit:
 
 
 class ExecutorError(RuntimeError):
-    """The executor could not do what was asked (could not start a process, cluster refused)."""
+    """The executor could not do what was asked (could not start a process, cluster refused).
+    `retryable`: the job should stay queued and be tried again (a cluster that is down), rather
+    than fail (a run folder that cannot be written)."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class Executor(abc.ABC):
     name: str = "executor"
+    #: True for a cluster scheduler (Slurm): the engine hands it every queued job at once and the
+    #: cluster decides when each runs and whom it preempts. False: the engine's policy decides.
+    self_scheduling: bool = False
 
     @abc.abstractmethod
     def launch(self, request: LaunchRequest) -> WorkerHandle: ...
@@ -77,6 +88,19 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
         """After an engine restart: a handle on the job's worker if it is still alive, else None."""
+
+    def cancel(self, handle: WorkerHandle) -> None:
+        """End a worker that has stopped at the engine's request, for good (a cluster would
+        otherwise requeue it). Locally a stopped worker has simply exited."""
+
+    def update_priority(self, handle: WorkerHandle, priority: Priority) -> str | None:
+        """A job's class changed while the executor holds it (a cluster moves it between
+        partitions). Returns what happened, in words, or None when there is nothing to do."""
+        return None
+
+    def waiting_reason(self, handle: WorkerHandle) -> str | None:
+        """Why a launched job has not started yet, in the executor's words (a cluster's queue)."""
+        return None
 
     def maintain(self) -> None:
         """Called every engine tick (keep a standby warm, reap what ended)."""

@@ -1,0 +1,207 @@
+"""Workers as Slurm batch jobs: the same queue, jumps and audit, with Slurm doing the scheduling
+and the preemption on a cluster.
+
+Each Cutline job is one `sbatch` job running the worker under `srun` (only srun steps receive the
+SIGTERM that starts a preemption's grace time), with `--requeue`, the partition of its priority
+class, and its GPU request. Slurm decides when it runs and whom an urgent job preempts (partition
+PriorityTier with PreemptMode=REQUEUE); the preempted worker checkpoints and exits 75, which
+`RequeueExit=75` turns into a requeue of the same Slurm job, which later resumes from the
+checkpoint on the shared filesystem. See docs/slurm.md for the slurm.conf this relies on.
+
+Nothing above the executor interface changes: the engine asks to launch, stop, checkpoint, kill,
+poll and adopt. `self_scheduling = True` tells the engine to hand every queued job to Slurm at
+once instead of running its own device policy. Tracking uses `squeue`/`scontrol` only (no
+accounting database needed).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .executor import Executor, ExecutorError, LaunchRequest, WorkerExit, WorkerHandle
+from .jobs import Priority
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED"}
+DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low"}
+COMMAND_TIMEOUT_S = 15
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+    self_scheduling = True
+
+    def __init__(self, home: Path, config_dir: Path, *, partitions: dict[str, str] | None = None,
+                 cpus_per_task: int | None = None, gpus_per_job: int = 0, extra_sbatch_args: list[str] | None = None,
+                 env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> None:
+        self.home = Path(home)
+        self.config_dir = Path(config_dir)
+        self.partitions = {**DEFAULT_PARTITIONS, **(partitions or {})}
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_job = gpus_per_job
+        self.extra_sbatch_args = list(extra_sbatch_args or [])
+        self.env = {**os.environ, **(env or {})}       # SLURM_CONF and friends for the client commands
+        self.worker_env = dict(worker_env or {})
+        self.note = "not contacted yet"
+
+    # ------------------------------------------------------------------ slurm commands
+
+    def _run(self, args: list[str], what: str) -> str:
+        try:
+            done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        except FileNotFoundError:
+            raise ExecutorError(f"Slurm is not installed here ({args[0]} not found)", retryable=True) from None
+        except subprocess.TimeoutExpired:
+            raise ExecutorError(f"Slurm did not answer {what} within {COMMAND_TIMEOUT_S} s (is slurmctld up?)",
+                                retryable=True) from None
+        if done.returncode != 0:
+            message = (done.stderr or done.stdout).strip().splitlines()
+            raise ExecutorError(f"Slurm refused {what}: {message[-1] if message else f'exit {done.returncode}'}",
+                                retryable=True)
+        self.note = "reachable"
+        return done.stdout
+
+    def partition_for(self, priority: Priority) -> str:
+        return self.partitions[priority.label]
+
+    # ------------------------------------------------------------------ launch
+
+    def launch(self, request: LaunchRequest) -> WorkerHandle:
+        run_dir = Path(request.spec.run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = run_dir / protocol.SPEC_FILE
+            request.spec.save(spec_path)
+            script = run_dir / "slurm-job.sh"
+            script.write_text(self._script(request, spec_path))
+        except OSError as e:
+            raise ExecutorError(f"could not write the Slurm job into {run_dir}: {e}") from e
+        args = ["sbatch", "--parsable", f"--job-name=cutline-{request.job_id}",
+                f"--partition={self.partition_for(request.priority)}", "--requeue", "--open-mode=append",
+                f"--output={run_dir / protocol.LOG_FILE}", "--nodes=1", "--ntasks=1"]
+        if self.cpus_per_task:
+            args.append(f"--cpus-per-task={self.cpus_per_task}")
+        if request.device.kind == "gpu" or self.gpus_per_job:
+            args.append(f"--gpus={max(1, self.gpus_per_job)}")
+        args += self.extra_sbatch_args + [str(script)]
+        slurm_id = self._run(args, "the job (sbatch)").strip().split(";")[0]
+        record = {"executor": "slurm", "slurm_job_id": slurm_id, "partition": self.partition_for(request.priority)}
+        return WorkerHandle(job_id=request.job_id, record=record, gated=False, detail=slurm_id)
+
+    def _script(self, request: LaunchRequest, spec_path: Path) -> str:
+        env = protocol.worker_environment({}, str(self.config_dir))
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        env.update(self.worker_env)
+        exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+        return f"""#!/bin/bash
+# Cutline job {request.job_id}: written by Cutline's Slurm executor. A requeue re-runs this script;
+# the worker then resumes from weights/resume.pt at the exact batch where it stopped.
+{exports}
+cd {shlex.quote(str(REPO_ROOT))}
+# srun: only job steps get the SIGTERM that starts a preemption's grace time. The worker exits
+# {protocol.EXIT_PREEMPTED} after its checkpoint, which RequeueExit turns into a requeue.
+exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {shlex.quote(str(spec_path))}
+"""
+
+    # ------------------------------------------------------------------ control
+
+    def release(self, handle: WorkerHandle) -> None:
+        handle.gated = False  # Slurm jobs are never gated: Slurm starts them when their resources are free
+
+    def stop(self, handle: WorkerHandle) -> None:
+        self._signal(handle, "TERM")
+
+    def checkpoint(self, handle: WorkerHandle) -> None:
+        self._signal(handle, "USR1")
+
+    def kill(self, handle: WorkerHandle) -> None:
+        self.cancel(handle)
+
+    def cancel(self, handle: WorkerHandle) -> None:
+        """End the Slurm job for good (no requeue): after a stop the engine asked for itself."""
+        try:
+            self._run(["scancel", self._id(handle)], "scancel")
+        except ExecutorError:
+            pass  # already gone
+
+    def _signal(self, handle: WorkerHandle, signal_name: str) -> None:
+        try:  # job steps only (the worker under srun), not the batch shell
+            self._run(["scancel", f"--signal={signal_name}", self._id(handle)], f"scancel --signal={signal_name}")
+        except ExecutorError:
+            pass  # pending or gone: nothing to signal
+
+    @staticmethod
+    def _id(handle: WorkerHandle) -> str:
+        return str(handle.record.get("slurm_job_id"))
+
+    def slurm_state(self, handle: WorkerHandle) -> tuple[str | None, str]:
+        """(state, reason) from squeue; (None, "") once it has left the queue."""
+        out = self._run(["squeue", "-h", "-j", self._id(handle), "-o", "%T|%r"], "squeue").strip()
+        if not out:
+            return None, ""
+        state, _, reason = out.splitlines()[0].partition("|")
+        return state.strip(), reason.strip()
+
+    def poll(self, handle: WorkerHandle) -> WorkerExit | None:
+        try:
+            state, _reason = self.slurm_state(handle)
+        except ExecutorError as e:
+            self.note = str(e)
+            return None  # cannot tell now: ask again next tick, never guess that it ended
+        if state in ALIVE_STATES:
+            return None
+        return WorkerExit(self._exit_code(handle))
+
+    def _exit_code(self, handle: WorkerHandle) -> int | None:
+        try:
+            out = self._run(["scontrol", "-o", "show", "job", self._id(handle)], "scontrol show job")
+        except ExecutorError:
+            return None  # purged from slurmctld's memory: the event stream tells how it ended
+        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+        code = fields.get("ExitCode", "")
+        try:
+            status, signal_number = (int(x) for x in code.split(":"))
+        except ValueError:
+            return None
+        return -signal_number if signal_number else status
+
+    def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
+        if not record or record.get("executor") != "slurm" or not record.get("slurm_job_id"):
+            return None
+        handle = WorkerHandle(job_id=job_id, record=dict(record), gated=False, detail=record["slurm_job_id"])
+        try:
+            state, _ = self.slurm_state(handle)
+        except ExecutorError:
+            return handle  # slurmctld down: keep following it rather than start a duplicate
+        return handle if state in ALIVE_STATES else None
+
+    def update_priority(self, handle: WorkerHandle, priority: Priority) -> str:
+        """A changed class moves a pending job to that class's partition; a running one keeps its
+        place (Slurm does not move running jobs). Returns what happened, in words."""
+        partition = self.partition_for(priority)
+        if handle.record.get("partition") == partition:
+            return f"already in partition {partition}"
+        state, _ = self.slurm_state(handle)
+        if state != "PENDING":
+            return f"Slurm job {self._id(handle)} is {state}: it keeps partition {handle.record.get('partition')}"
+        self._run(["scontrol", "update", f"JobId={self._id(handle)}", f"Partition={partition}"], "scontrol update")
+        handle.record["partition"] = partition
+        return f"moved to partition {partition}"
+
+    def waiting_reason(self, handle: WorkerHandle) -> str | None:
+        try:
+            state, reason = self.slurm_state(handle)
+        except ExecutorError as e:
+            return str(e)
+        if state == "PENDING":
+            return f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), partition {handle.record.get('partition')}"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"executor": self.name, "standby": "off (Slurm)", "standby_ready": False, "slurm": self.note}

@@ -1,0 +1,82 @@
+"""The same queue on a real single-node Slurm (munged, slurmctld, slurmd started by the test):
+Slurm preempts the low job for the urgent one, the worker checkpoints and exits 75, Slurm requeues
+it (RequeueExit), and it resumes from its checkpoint to the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import pytest
+
+from engine import paths
+from engine.core import Engine
+from engine.jobs import JobState
+from engine.slurm_executor import SlurmExecutor
+
+from engine_runs import TEST_SETTINGS, overlaps, run_events, tiny_job, training_intervals, wait_for
+from slurm_cluster import LocalSlurm, available
+from test_engine_e2e import assert_same_as_baseline
+
+pytestmark = pytest.mark.slow
+ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    why = available()
+    if why:
+        pytest.skip(why)
+    slurm = LocalSlurm(tmp_path / "slurm").start()
+    yield slurm
+    slurm.stop()
+
+
+def slurm_engine(tmp_path, cluster, **executor_options) -> Engine:
+    home = paths.cutline_home(tmp_path / "home")
+    executor = SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus, env=cluster.env,
+                             worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1"},
+                             **executor_options)
+    return Engine(home, use_nvml=False, executor=executor, settings={**TEST_SETTINGS})
+
+
+def test_slurm_preempts_and_requeues_the_low_job_which_resumes_exactly(tmp_path, cluster, tiny_dataset, baseline_run):
+    engine = slurm_engine(tmp_path, cluster).start()
+    try:
+        low = engine.ops.submit(**tiny_job(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        wait_for(lambda: (engine.store.job(low.id).batch or 0) >= 2, 120, "the low job to train on Slurm")
+        low_slurm_id = engine.store.job(low.id).worker["slurm_job_id"]
+
+        urgent = engine.ops.submit(**tiny_job(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
+                                   operator="carol", reason="line 3 crack escapes")
+        wait_for(lambda: engine.store.job(low.id).preemptions == 1, 60, "Slurm to preempt the low job")
+        wait_for(lambda: all(engine.store.job(j).state in ENDED for j in (low.id, urgent.id)), 300, "both jobs to end")
+
+        low, urgent = engine.store.job(low.id), engine.store.job(urgent.id)
+        assert (low.state, urgent.state) == (JobState.FINISHED, JobState.FINISHED), (low.error, urgent.error)
+        assert low.worker["slurm_job_id"] == low_slurm_id  # requeued by Slurm: the same Slurm job
+        assert urgent.worker["partition"] == "high" and low.worker["partition"] == "low"
+        assert overlaps(training_intervals(low.run_dir), training_intervals(urgent.run_dir)) == []
+        checkpoint = [e for e in run_events(low.run_dir, "checkpoint") if e["reason"] == "preempt"][0]
+        resumed = run_events(low.run_dir, "training")[1]
+        assert (resumed["start_epoch"], resumed["start_batch"]) == (checkpoint["epoch"], checkpoint["batch"])
+        assert_same_as_baseline(low.run_dir, baseline_run)
+
+        jump = next(e for e in engine.audit.entries() if e.kind == "jump")
+        preempt = next(e for e in engine.audit.entries() if e.kind == "preempt")
+        assert jump.reason == "line 3 crack escapes" and jump.job_id == str(urgent.id)
+        assert preempt.operator == "slurm" and preempt.details["cluster_job"]["slurm_job_id"] == low_slurm_id
+        assert [f["job"] for f in preempt.details["for_jobs"]] == [urgent.id]
+        assert [n.kind for n in engine.store.notifications(owner="bob")] == ["preempted", "resumed", "finished"]
+    finally:
+        engine.shutdown()
+
+
+def test_a_rejected_sbatch_keeps_the_job_queued_with_the_error(tmp_path, cluster, tiny_dataset):
+    engine = slurm_engine(tmp_path, cluster, partitions={"normal": "no-such-partition"}).start()
+    try:
+        job = engine.ops.submit(**tiny_job(tiny_dataset, "misrouted"))
+        queued = wait_for(lambda: (j := engine.store.job(job.id)).error and j, 30, "the refusal")
+        assert queued.state in (JobState.QUEUED, JobState.STARTING)
+        assert "Slurm refused the job (sbatch)" in queued.error and "partition" in queued.error.lower()
+        assert "still queued" in engine.store.notifications()[-1].message
+        assert engine.why_waiting()[job.id].startswith("could not start its worker: Slurm refused")
+        assert engine.store.job(job.id).state is not JobState.FAILED
+    finally:
+        engine.shutdown()
