@@ -93,6 +93,15 @@ class Engine:
             self.store.put_settings(settings)
         self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
         self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
+        configured = EngineSettings.from_mapping(self.store.settings())
+        if executor is None and configured.executor == "slurm":
+            from .slurm_executor import SlurmExecutor
+
+            executor = SlurmExecutor(
+                self.home, paths.ultralytics_config_dir(self.home), partitions=configured.slurm_partitions,
+                cpus_per_task=configured.slurm_cpus_per_task, gpus_per_job=configured.slurm_gpus_per_job,
+                env={"SLURM_CONF": configured.slurm_conf} if configured.slurm_conf else None, worker_env=worker_env,
+            )
         if executor is not None and executor.self_scheduling:
             # A cluster pool is one place to send jobs; the cluster places them on its nodes.
             pool = Device("slurm", "gpu" if getattr(executor, "gpus_per_job", 0) else "cpu", f"{executor.name} pool", 0)
