@@ -442,6 +442,10 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Cutline", str(e))
             return
         jumps = [r for r in preview if r.kind == "jump"]
+        if self.engine.executor.self_scheduling:
+            self.statusBar().showMessage(
+                f"{self.engine.executor.name}: the order within a class is {self.engine.executor.name}'s own; "
+                "Cutline records it, and a change of class moves a pending job to that class's partition", 15000)
         if not jumps:
             self._run(ops.batch, lambda: perform(None, None))
             return
