@@ -35,16 +35,17 @@ def slurm_jump(root: Path, data: Path) -> dict[str, float]:
     cluster = LocalSlurm(root / "slurm").start()
     home = paths.cutline_home(root / "home")
     engine = Engine(home, use_nvml=False, settings={**TEST_SETTINGS, "keep_final_state": False},
-                    executor=SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus,
-                                           env=cluster.env))
+                    pools={"slurm": SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus,
+                                                  env=cluster.env)})
     try:
         engine.start()
         train_args = {**tiny_job(data, "x")["train_args"]}
-        low = engine.ops.submit(**{**tiny_job(data, "background", "low"), "train_args": {**train_args, "epochs": 50}})
+        low = engine.ops.submit(**{**tiny_job(data, "background", "low", device_kind="slurm"),
+                                   "train_args": {**train_args, "epochs": 50}})
         wait_for(lambda: (engine.store.job(low.id).batch or 0) >= 3, 120, "low job training on Slurm")
         t_submit = time.time()
-        urgent = engine.ops.submit(**{**tiny_job(data, "urgent", "urgent"), "train_args": {**train_args, "epochs": 1}},
-                                   reason="benchmark")
+        urgent = engine.ops.submit(**{**tiny_job(data, "urgent", "urgent", device_kind="slurm"),
+                                      "train_args": {**train_args, "epochs": 1}}, reason="benchmark")
         first = wait_for(lambda: run_events(engine.store.job(urgent.id).run_dir, "batch"), 120, "urgent batch", 0.01)[0]
         checkpoint = [e for e in run_events(engine.store.job(low.id).run_dir, "checkpoint") if e["reason"] == "preempt"][0]
         started = run_events(engine.store.job(urgent.id).run_dir, "started")[0]

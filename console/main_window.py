@@ -309,7 +309,9 @@ class MainWindow(QMainWindow):
         used, cap = status["preemptions_today"], status["daily_preemption_cap"]
         self.jumps_label.setText(f"preemptions today <b>{used}/{cap}</b>")
         self.jumps_label.setStyleSheet(f"color: {theme.URGENT_RED};" if used >= cap else "")
-        self.standby_label.setText(f"standby {status.get('standby', 'off')}")
+        pools = "".join(f" · {name}: {status[name].get(name, status[name].get('standby', ''))}"
+                        for name in getattr(self.engine, "pools", {}) if isinstance(status.get(name), dict))
+        self.standby_label.setText(f"standby {status.get('standby', 'off')}{pools}")
 
     def _filters_changed(self) -> None:
         text = self.state_filter.currentText()

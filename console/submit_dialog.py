@@ -55,7 +55,7 @@ class SubmitDialog(QDialog):
         self.batch_spin = _spin(-1, 4096, d.get("batch", 16))
         self.batch_spin.setSpecialValueText("auto (-1)")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["any", "gpu", "cpu"])
+        self.device_combo.addItems(["any", "gpu", "cpu", *getattr(engine, "pools", {})])
         self.priority_combo = QComboBox()
         self.priority_combo.addItems(["low", "normal", "high"] if schedule else ["normal", "low", "high", "urgent"])
         self.priority_combo.setCurrentText(d.get("priority", "normal"))

@@ -35,7 +35,8 @@ from .events import EventTail, iter_events, stream_size
 from .executor import Executor, LaunchRequest, WorkerHandle
 from .jobs import JobEvent, JobState, Priority
 from .local_executor import LocalExecutor
-from .operations import ACTIVE, Operations, job_view, victim_details
+from .pooled_executor import PooledExecutor
+from .operations import ACTIVE, POOL_KIND, Operations, job_view, victim_details
 from .policy import DeviceView
 from .settings import EngineSettings
 from .spec import JobSpec
@@ -80,6 +81,7 @@ class Engine:
         cpu_slots: int = 1,
         use_nvml: bool = True,
         executor: Executor | None = None,
+        pools: dict[str, Executor] | None = None,
         settings: dict[str, Any] | None = None,
         worker_env: dict[str, str] | None = None,
     ) -> None:
@@ -94,27 +96,31 @@ class Engine:
         self.monitor = DeviceMonitor(cpu_slots=cpu_slots, use_nvml=use_nvml)
         self.devices: dict[str, Device] = {d.id: d for d in self.monitor.devices}
         configured = EngineSettings.from_mapping(self.store.settings())
-        if executor is None and configured.executor == "slurm":
+        pools = dict(pools or {})
+        if configured.slurm_enabled and "slurm" not in pools:
             from .slurm_executor import SlurmExecutor
 
-            executor = SlurmExecutor(
+            pools["slurm"] = SlurmExecutor(
                 self.home, paths.ultralytics_config_dir(self.home), partitions=configured.slurm_partitions,
                 cpus_per_task=configured.slurm_cpus_per_task, gpus_per_job=configured.slurm_gpus_per_job,
                 env={"SLURM_CONF": configured.slurm_conf} if configured.slurm_conf else None, worker_env=worker_env,
             )
-        if executor is not None and executor.self_scheduling:
-            # A cluster pool is one place to send jobs; the cluster places them on its nodes.
-            pool = Device("slurm", "gpu" if getattr(executor, "gpus_per_job", 0) else "cpu", f"{executor.name} pool", 0)
-            self.devices = {pool.id: pool}
-        self.ops = Operations(self.store, self.audit, [DeviceView(d.id, d.kind) for d in self.devices.values()])
+        # A cluster pool is one place to send jobs (a pseudo-device named after it); the cluster
+        # places them on its nodes. Jobs choose it with the device preference of that name.
+        self.pools = pools
+        for name, pool in pools.items():
+            self.devices[name] = Device(name, "gpu" if getattr(pool, "gpus_per_job", 0) else "cpu", f"{pool.name} pool", 0)
+        views = [DeviceView(d.id, d.kind) for d in self.monitor.devices] + [DeviceView(n, POOL_KIND) for n in pools]
+        self.ops = Operations(self.store, self.audit, views)
         self.ops.on_change = self.wake  # an operation committed in this process: act on it now
         # What this engine offers, for the CLI's checks and waiting reasons while it runs or after.
-        self.store.put_meta("devices", [{"id": d.id, "kind": d.kind, "name": d.name} for d in self.devices.values()])
+        self.store.put_meta("devices", [{"id": v.id, "kind": v.kind} for v in views])
         self.settings = self.ops.settings
-        self.executor = executor or LocalExecutor(
+        self.local = executor or LocalExecutor(
             self.home, paths.ultralytics_config_dir(self.home), cpu_slots=cpu_slots,
             warm_standby=self.settings.warm_standby, extra_env=worker_env,
         )
+        self.executor = PooledExecutor(self.local, pools)
         self.handles: dict[int, WorkerHandle] = {}
         self.tails: dict[int, EventTail] = {}
         self.outcomes: dict[int, dict] = {}          # job id -> its run's last terminal event
@@ -165,10 +171,10 @@ class Engine:
             self._close()
             return
         self.state = "stopping"  # from here on nothing new is dispatched
-        if mode == "checkpoint" and not self.executor.self_scheduling:  # a cluster keeps running its jobs
+        if mode == "checkpoint":
             self.call_soon(self._stop_all_for_shutdown)
             deadline = time.monotonic() + (timeout if timeout is not None else self.settings.stop_grace_s + 15)
-            while time.monotonic() < deadline and self.store.jobs(set(ACTIVE)):
+            while time.monotonic() < deadline and [j for j in self.store.jobs(set(ACTIVE)) if not self._on_cluster(j)]:
                 time.sleep(0.05)
                 self._wake.set()
         self._stop.set()
@@ -310,8 +316,8 @@ class Engine:
     def _apply_settings(self, new: EngineSettings) -> None:
         """Settings changed in the store (CLI, console): the ones held elsewhere follow at once."""
         old, self.settings = self.settings, new
-        if new.warm_standby != old.warm_standby and isinstance(self.executor, LocalExecutor):
-            self.executor.set_warm_standby(new.warm_standby)
+        if new.warm_standby != old.warm_standby and isinstance(self.local, LocalExecutor):
+            self.local.set_warm_standby(new.warm_standby)
         if new.safety_checkpoint_interval_s != old.safety_checkpoint_interval_s and self.timers is not None:
             self.timers.set_safety_interval(new.safety_checkpoint_interval_s)
 
@@ -360,7 +366,7 @@ class Engine:
                 changes["metrics"] = metrics
             elif kind == "checkpoint":
                 changes.update(last_checkpoint_at=event["ts"], checkpoint=event.get("path"))
-            elif kind == "preempted" and self.executor.self_scheduling and job_id in self.handles:
+            elif kind == "preempted" and job_id in self.handles and self.executor.is_cluster(self.handles[job_id]):
                 if job.stop_target:  # our own stop (pause, cancel): end the cluster job, no requeue
                     self.executor.cancel(self.handles[job_id])
                     self.outcomes[job_id] = event
@@ -486,14 +492,13 @@ class Engine:
     # ------------------------------------------------------------------ decide and act
 
     def _dispatch(self, now: float) -> None:
-        if self.executor.self_scheduling:
-            # The cluster schedules: hand it every queued job, in queue order.
-            pool = next(iter(self.devices))
+        if self.pools:
+            # A cluster pool schedules itself: hand it every job queued for it, in queue order.
             for job in self.ops.queue():
-                if job.state is JobState.QUEUED and self._retry_after.get(job.id, 0) <= now:
-                    self._start(job.id, pool, gated=False)
+                if (job.state is JobState.QUEUED and job.device_kind in self.pools
+                        and self._retry_after.get(job.id, 0) <= now):
+                    self._start(job.id, job.device_kind, gated=False)
             self._follow_priorities()
-            return
         snapshot = self.ops.snapshot(now)
         decision = policy.decide(snapshot)
         for action in decision.actions:
@@ -544,11 +549,13 @@ class Engine:
     def _follow_priorities(self) -> None:
         """A class changed while the cluster holds the job (a jump): move it there if it can."""
         for job_id, handle in list(self.handles.items()):
+            if not self.executor.is_cluster(handle):
+                continue
             job = self.store.job(job_id)
             try:
                 note = self.executor.update_priority(handle, job.priority)
             except Exception as e:
-                note = f"could not change its place in {self.executor.name}: {e}"
+                note = f"could not change its place in {self.executor.for_handle(handle).name}: {e}"
             if note and note != handle.record.get("note"):
                 handle.record["note"] = note
                 self.store.update(job_id, worker=handle.record)
@@ -557,24 +564,26 @@ class Engine:
         """The cluster preempted this job and requeued it (same cluster job): record it like one
         of our own preemptions (audit, owner notified) and follow the requeued job."""
         handle = self.handles[job.id]
-        urgent = [j for j in self.store.jobs(set(ACTIVE)) if j.priority is Priority.URGENT and j.id != job.id]
+        cluster = self.executor.for_handle(handle).name
+        urgent = [j for j in self.store.jobs(set(ACTIVE)) if j.priority is Priority.URGENT and j.id != job.id
+                  and j.device_kind == job.device_kind]
         with self.store.transaction():
             self.audit.append(
-                "preempt", operator=self.executor.name,
-                reason=f"{self.executor.name} preempted job {job.id} for higher-priority work and requeued it",
+                "preempt", operator=cluster,
+                reason=f"{cluster} preempted job {job.id} for higher-priority work and requeued it",
                 job_id=job.id,
                 details={"victim": victim_details(job), "cluster_job": handle.record,
                          "for_jobs": [{"job": u.id, "name": u.name, "cluster_job": (u.worker or {})} for u in urgent]},
             )
             job = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state,
-                                        detail=f"preempted and requeued by {self.executor.name}",
+                                        detail=f"preempted and requeued by {cluster}",
                                         preemptions=job.preemptions + 1, waiting_since=time.time(),
                                         running_since=None)
             job = self.store.transition(job.id, JobEvent.DISPATCH, expect=JobState.QUEUED,
-                                        detail=f"requeued by {self.executor.name} as the same job",
-                                        device_id=next(iter(self.devices)), running_since=time.time())
+                                        detail=f"requeued by {cluster} as the same job",
+                                        device_id=job.device_kind, running_since=time.time())
             self.store.notify(job.owner, job.id, "preempted",
-                              f"Your job {job.id} ({job.name}) was preempted by {self.executor.name} at epoch "
+                              f"Your job {job.id} ({job.name}) was preempted by {cluster} at epoch "
                               f"{(job.epoch or 0) + 1}, batch {job.batch or 0}; it is requeued and resumes from its checkpoint.")
         with self.store.lock:
             self.audit.flush_anchor()
@@ -646,6 +655,8 @@ class Engine:
 
     def _stop_all_for_shutdown(self) -> None:
         for job in self.store.jobs({JobState.STARTING, JobState.RUNNING}):
+            if self._on_cluster(job):
+                continue  # a cluster keeps running its jobs; the next start finds them again
             try:
                 self.store.transition(job.id, JobEvent.PREEMPT, expect=job.state, detail="Cutline is closing",
                                       stop_target=JobState.QUEUED.value, stop_reason="Cutline closed; resumes at next start")
@@ -722,16 +733,18 @@ class Engine:
         }
 
     def why_waiting(self) -> dict[int, str]:
-        if self.executor.self_scheduling:
-            out = {}
-            for job in self.store.jobs({JobState.STARTING, JobState.QUEUED}):
+        decision = policy.decide(self.ops.snapshot())
+        out = {int(job_id): reason for job_id, reason in decision.waiting}
+        for job in self.store.jobs({JobState.STARTING, JobState.QUEUED}):
+            if job.device_kind in self.pools:
                 handle = self.handles.get(job.id)
                 reason = self.executor.waiting_reason(handle) if handle else (job.error or "being handed to the cluster")
                 if reason:
                     out[job.id] = reason
-            return out
-        decision = policy.decide(self.ops.snapshot())
-        return {int(job_id): reason for job_id, reason in decision.waiting}
+        return out
+
+    def _on_cluster(self, job: JobRecord) -> bool:
+        return job.device_kind in self.pools or self.executor.is_cluster(job.worker)
 
 
 def _events_since(path: Path, offset: int):

@@ -29,6 +29,7 @@ from .spec import JobSpec, Problem, SpecError, check_spec
 from .store import JobRecord, Store
 
 DEVICE_KINDS = ("gpu", "cpu")
+POOL_KIND = "pool"  # a cluster pool's pseudo-device: the cluster schedules it, not the policy
 ACTIVE = frozenset(s for s in JobState if s.is_active)
 NOT_ENDED = frozenset(s for s in JobState if not s.is_terminal)
 
@@ -125,9 +126,12 @@ class Operations:
         settings = self.settings
         reserved = settings.reserved_device
         devices = tuple(
-            DeviceView(d.id, d.kind, d.healthy, reserved_for_urgent=(d.id == reserved)) for d in self.devices
+            DeviceView(d.id, d.kind, d.healthy, reserved_for_urgent=(d.id == reserved))
+            for d in self.devices if d.kind != POOL_KIND
         )
-        return Snapshot(self._job_views(), devices, settings.rules(self.preemptions_today(now)), now)
+        pools = {d.id for d in self.devices if d.kind == POOL_KIND}
+        jobs = tuple(j for j in self._job_views() if j.device_kind not in pools)  # a cluster schedules those
+        return Snapshot(jobs, devices, settings.rules(self.preemptions_today(now)), now)
 
     def _job_views(self) -> tuple[JobView, ...]:
         """The policy's view of every job not yet ended, read straight from the columns it needs
@@ -234,9 +238,12 @@ class Operations:
             problems.append(Problem("priority", str(e)))
             prio = Priority.NORMAL
         kind = None if device_kind in (None, "", "any") else str(device_kind).strip().lower()
-        if kind is not None:
+        pools = sorted(d.id for d in self.devices if d.kind == POOL_KIND)
+        if kind is not None and kind not in pools:
             if kind not in DEVICE_KINDS:
-                problems.append(Problem("device", f"unknown device preference {device_kind!r}: expected any, gpu or cpu"))
+                options = ["any", "gpu", "cpu", *pools]
+                choices = ", ".join(options[:-1]) + " or " + options[-1]
+                problems.append(Problem("device", f"unknown device preference {device_kind!r}: expected {choices}"))
             elif not any(d.kind == kind for d in self.devices):
                 have = ", ".join(sorted({d.id for d in self.devices})) or "none"
                 problems.append(Problem("device", f"no {kind.upper()} device on this machine (devices: {have})"))

@@ -29,8 +29,8 @@ class EngineSettings:
     api_enabled: bool = True
     api_host: str = "127.0.0.1"
     api_port: int = 8765                      # 0 = any free port (recorded in the store's meta as api_url)
-    # Where jobs run: "local" (subprocesses on this machine's devices) or "slurm" (docs/slurm.md)
-    executor: str = "local"
+    # A Slurm pool beside the local devices (docs/slurm.md); jobs go there with device preference "slurm"
+    slurm_enabled: bool = False
     slurm_conf: str | None = None             # SLURM_CONF for the client commands (default: Slurm's own)
     slurm_partitions: dict | None = None      # class -> partition; default urgent: high, others: low
     slurm_cpus_per_task: int | None = None
@@ -81,12 +81,10 @@ class EngineSettings:
             out.append(f"api_port: must be a port number from 0 to 65535, got {self.api_port!r}")
         if not isinstance(self.api_host, str) or not self.api_host.strip():
             out.append("api_host: must be an address such as 127.0.0.1")
-        if self.executor not in ("local", "slurm"):
-            out.append(f"executor: must be local or slurm, got {self.executor!r}")
         if self.slurm_partitions is not None and (not isinstance(self.slurm_partitions, dict) or not set(
                 self.slurm_partitions) <= {"urgent", "high", "normal", "low"}):
             out.append("slurm_partitions: a mapping from urgent/high/normal/low to partition names")
-        for name in ("warm_standby", "keep_final_state", "api_enabled"):
+        for name in ("warm_standby", "keep_final_state", "api_enabled", "slurm_enabled"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name}: must be true or false")
         if self.reserved_device is not None and (not isinstance(self.reserved_device, str) or not self.reserved_device):

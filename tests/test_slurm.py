@@ -29,26 +29,37 @@ def cluster(tmp_path):
 
 
 def slurm_engine(tmp_path, cluster, **executor_options) -> Engine:
+    """Local CPU slot and a Slurm pool side by side; jobs choose the pool with device "slurm"."""
     home = paths.cutline_home(tmp_path / "home")
-    executor = SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus, env=cluster.env,
-                             worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1"},
-                             **executor_options)
-    return Engine(home, use_nvml=False, executor=executor, settings={**TEST_SETTINGS})
+    slurm = SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus, env=cluster.env,
+                          worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1"},
+                          **executor_options)
+    return Engine(home, use_nvml=False, pools={"slurm": slurm}, settings={**TEST_SETTINGS},
+                  worker_env={"CUTLINE_FORBID_NETWORK": "1"})
+
+
+def on_slurm(data, name: str, priority: str = "normal", **extra) -> dict:
+    return tiny_job(data, name, priority, device_kind="slurm", **extra)
 
 
 def test_slurm_preempts_and_requeues_the_low_job_which_resumes_exactly(tmp_path, cluster, tiny_dataset, baseline_run):
     engine = slurm_engine(tmp_path, cluster).start()
     try:
-        low = engine.ops.submit(**tiny_job(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        low = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
         wait_for(lambda: (engine.store.job(low.id).batch or 0) >= 2, 120, "the low job to train on Slurm")
         low_slurm_id = engine.store.job(low.id).worker["slurm_job_id"]
 
-        urgent = engine.ops.submit(**tiny_job(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
+        urgent = engine.ops.submit(**on_slurm(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
                                    operator="carol", reason="line 3 crack escapes")
+        # Meanwhile the local CPU slot trains a job of its own, untouched by Slurm's preemption.
+        local = engine.ops.submit(**tiny_job(tiny_dataset, "local job", "low", owner="dana"))
         wait_for(lambda: engine.store.job(low.id).preemptions == 1, 60, "Slurm to preempt the low job")
-        wait_for(lambda: all(engine.store.job(j).state in ENDED for j in (low.id, urgent.id)), 300, "both jobs to end")
+        wait_for(lambda: all(engine.store.job(j).state in ENDED for j in (low.id, urgent.id, local.id)), 300,
+                 "all three jobs to end")
 
-        low, urgent = engine.store.job(low.id), engine.store.job(urgent.id)
+        low, urgent, local = engine.store.job(low.id), engine.store.job(urgent.id), engine.store.job(local.id)
+        assert local.state is JobState.FINISHED and local.preemptions == 0 and local.worker["executor"] == "local"
+        assert low.device_id is None and run_events(local.run_dir, "started")[0]["device"] == "cpu"
         assert (low.state, urgent.state) == (JobState.FINISHED, JobState.FINISHED), (low.error, urgent.error)
         assert low.worker["slurm_job_id"] == low_slurm_id  # requeued by Slurm: the same Slurm job
         assert urgent.worker["partition"] == "high" and low.worker["partition"] == "low"
@@ -71,7 +82,7 @@ def test_slurm_preempts_and_requeues_the_low_job_which_resumes_exactly(tmp_path,
 def test_a_rejected_sbatch_keeps_the_job_queued_with_the_error(tmp_path, cluster, tiny_dataset):
     engine = slurm_engine(tmp_path, cluster, partitions={"normal": "no-such-partition"}).start()
     try:
-        job = engine.ops.submit(**tiny_job(tiny_dataset, "misrouted"))
+        job = engine.ops.submit(**on_slurm(tiny_dataset, "misrouted"))
         queued = wait_for(lambda: (j := engine.store.job(job.id)).error and j, 30, "the refusal")
         assert queued.state in (JobState.QUEUED, JobState.STARTING)
         assert "Slurm refused the job (sbatch)" in queued.error and "partition" in queued.error.lower()
