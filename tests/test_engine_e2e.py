@@ -14,7 +14,7 @@ from engine.store import Store
 from engine_runs import TEST_SETTINGS, overlaps, run_events, tiny_job, training_intervals, wait_for
 from worker_runs import TINY_TRAIN_ARGS, results_without_time, state_differences
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a loaded machine trains slowly
 
 ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
 

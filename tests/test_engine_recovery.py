@@ -20,7 +20,7 @@ from engine_runs import (
 )
 from test_engine_e2e import assert_same_as_baseline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a loaded machine trains slowly
 
 ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
 

@@ -14,7 +14,7 @@ from engine_runs import TEST_SETTINGS, overlaps, run_events, tiny_job, training_
 from slurm_cluster import LocalSlurm, available
 from test_engine_e2e import assert_same_as_baseline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a loaded machine trains slowly
 ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
 
 
