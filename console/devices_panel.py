@@ -274,6 +274,37 @@ class DeviceCard(QFrame):
                 spark.setBackground(background)
 
 
+class PoolCard(QFrame):
+    """A cluster pool (Slurm): the cluster places its jobs, so the card shows what Cutline has
+    there (running and pending jobs) and whether the cluster answers."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.setFrameShape(QFrame.StyledPanel)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(10, 8, 10, 8)
+        self.title_label = QLabel(f"{name} · cluster pool")
+        self.title_label.setFont(theme.heading_font(1.1))
+        self.counts_label = QLabel()
+        self.counts_label.setFont(theme.heading_font(1.4))
+        self.jobs_label = QLabel()
+        self.jobs_label.setWordWrap(True)
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        for label in (self.title_label, self.counts_label, self.jobs_label, self.status_label):
+            column.addWidget(label)
+
+    def update_from(self, jobs: list[JobRecord], status: dict) -> None:
+        running = [j for j in jobs if j.state.value == "running"]
+        waiting = [j for j in jobs if j.state.value != "running"]
+        self.counts_label.setText(f"{len(running)} running · {len(waiting)} pending")
+        self.jobs_label.setText("\n".join(f"job {j.id} · {j.name} ({j.priority.label}, {j.state.value})"
+                                          for j in jobs[:6]) or "no jobs there")
+        note = status.get(self.name) or status.get("standby") or ""
+        self.status_label.setText(f"{self.name}: {note}")
+
+
 class DevicesPanel(QWidget):
     """Cards for every device of `engine`, stacked in a scroll area, refreshed every `interval_ms`.
 
@@ -319,6 +350,10 @@ class DevicesPanel(QWidget):
             card = DeviceCard(device)
             self.cards[device.id] = card
             self._column.addWidget(card)
+        self.pool_cards: dict[str, PoolCard] = {}
+        for name in getattr(engine, "pools", {}):
+            self.pool_cards[name] = PoolCard(name)
+            self._column.addWidget(self.pool_cards[name])
         self._column.addStretch(1)
         self.scroll.setWidget(body)
         outer.addWidget(self.scroll, 1)
@@ -343,6 +378,12 @@ class DevicesPanel(QWidget):
             card.update_from(samples.get(device_id), on_device.get(device_id, []), device_id == reserved)
         busy = sum(1 for d in self.cards if on_device.get(d))
         self.summary_label.setText(f"{busy} busy · {len(self.cards) - busy} free")
+        if self.pool_cards:
+            status = self.engine.status()
+            waiting = [j for j in self.engine.store.jobs({JobState.QUEUED}) if j.device_kind in self.pool_cards]
+            for name, card in self.pool_cards.items():
+                card.update_from(on_device.get(name, []) + [j for j in waiting if j.device_kind == name],
+                                 status.get(name) if isinstance(status.get(name), dict) else {})
 
     def _on_timer(self) -> None:
         try:

@@ -177,3 +177,23 @@ def test_notifications_newest_first_with_unread_count(qtbot, engine):
     assert [n.owner for n in view.notifications] == ["bob"]
     assert view.unread == 0, "bob's one notification was read before (seq below last_read_seq)"
     assert not view.add(live), "alice's notification is not bob's"
+
+
+def test_a_cluster_pool_gets_its_own_card_with_its_jobs(qtbot, tmp_path, tiny_dataset):
+    from engine import paths
+    from engine.slurm_executor import SlurmExecutor
+
+    home = paths.cutline_home(tmp_path / "pooled")
+    slurm = SlurmExecutor(home, paths.ultralytics_config_dir(home))
+    engine = Engine(home, use_nvml=False, pools={"slurm": slurm}, settings={"warm_standby": False})
+    try:
+        job = engine.ops.submit(**tiny_job(tiny_dataset, "cluster job", "low", device_kind="slurm"))
+        panel = DevicesPanel(engine, interval_ms=60_000)
+        qtbot.addWidget(panel)
+        card = panel.pool_cards["slurm"]
+        assert card.counts_label.text() == "0 running · 1 pending"
+        assert f"job {job.id} · cluster job (low, queued)" in card.jobs_label.text()
+        assert card.status_label.text() == "slurm: not contacted yet"
+        assert list(panel.cards) == ["cpu0"]  # local devices keep their own cards
+    finally:
+        engine.shutdown()
