@@ -111,6 +111,12 @@ def parse_rules(text: str) -> list[Rule]:
             Priority.parse(retrain.get("priority", "urgent"))
         except ValueError as e:
             problems.append(Problem(f"{where}.retrain.priority", str(e)))
+        types = {"from_job": int, "model": str, "data": str, "train_args": dict, "name": str, "owner": str,
+                 "device_kind": str}
+        for key, kind in types.items():
+            if key in retrain and (isinstance(retrain[key], bool) or not isinstance(retrain[key], kind)):
+                what = {int: "a job id", str: "text", dict: "a mapping of Ultralytics arguments"}[kind]
+                problems.append(Problem(f"{where}.retrain.{key}", f"must be {what}"))
         cooldown = item.get("cooldown_s", 0)
         if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 <= cooldown <= 30 * 86400:
             problems.append(Problem(f"{where}.cooldown_s", "seconds from 0 to 30 days"))
@@ -223,7 +229,7 @@ class AlertReceiver:
                                          "labels": alert.get("labels") or {}, "rule": rule.name,
                                          "startsAt": alert.get("startsAt")}},
             )
-        except (SpecError, ValueError, LookupError) as e:
+        except Exception as e:  # one bad rule must not lose the rest of the delivery
             outcome.action, outcome.detail = "error", f"the retrain could not be submitted: {e}"
             return
         outcome.action, outcome.job_id = "retrain", job.id

@@ -38,7 +38,7 @@ from .jobs import JobState
 from .operations import MoveResult, OperationError, Operations
 from .policy import DeviceView
 from .settings import EngineSettings
-from .spec import Problem, SpecError
+from .spec import Problem, SpecError, expand_path
 from .store import JobRecord, StaleState, Store, UnknownJob
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -390,7 +390,7 @@ def _existing_path(text: str | None) -> str | None:
     """A path as the user typed it, made absolute when it names a file (the engine's cwd differs)."""
     if not text:
         return text
-    p = Path(text).expanduser()
+    p = expand_path(text)
     return str(p.resolve()) if p.exists() else text
 
 

@@ -298,6 +298,7 @@ class Engine:
         if self.store.changed():
             self._dirty = True
         self._apply_settings(self.ops.settings)  # one small SELECT: in-process changes count too
+        self.executor.refresh()
         self._observe()
         self._carry_out_stops(now)
         self._release_gates()
@@ -667,8 +668,12 @@ class Engine:
         """At start: find every job the store says is active, adopt its worker if it is alive,
         otherwise settle it from what its event stream says. Returns what was done, in words."""
         report = []
+        self.executor.refresh()
         for job in self.store.jobs(set(ACTIVE)):
-            handle = self.executor.adopt(job.id, job.run_dir, job.worker)
+            record = job.worker
+            if record is None and job.device_kind in self.pools:
+                record = {"executor": self.pools[job.device_kind].name}  # submitted, id never recorded
+            handle = self.executor.adopt(job.id, job.run_dir, record)
             if handle is not None:
                 if job.gated:
                     # A gated worker waits for a 'go' only its dead engine could send; it exits
@@ -679,7 +684,9 @@ class Engine:
                 else:
                     job = self.store.update(job.id, worker=handle.record)
                     self._track(job, handle)
-                    report.append(f"job {job.id}: adopted its live worker (pid {handle.record.get('pid')})")
+                    where = (f"pid {handle.record['pid']}" if handle.record.get("pid")
+                             else f"{handle.record.get('executor', '?')} job {handle.record.get('slurm_job_id', '?')}")
+                    report.append(f"job {job.id}: adopted its live worker ({where})")
                     continue
             events = list(_events_since(Path(job.run_dir) / protocol.EVENTS_FILE, job.events_offset))
             self.handles[job.id] = WorkerHandle(job.id, {})

@@ -102,6 +102,9 @@ class Executor(abc.ABC):
         """Why a launched job has not started yet, in the executor's words (a cluster's queue)."""
         return None
 
+    def refresh(self) -> None:
+        """Called at the start of every engine tick, before any poll (a cluster reads its queue)."""
+
     def maintain(self) -> None:
         """Called every engine tick (keep a standby warm, reap what ended)."""
 

@@ -25,7 +25,7 @@ from .audit import AuditTrail
 from .jobs import JobEvent, JobState, Priority
 from .policy import DeviceView, JobView, Snapshot
 from .settings import EngineSettings
-from .spec import JobSpec, Problem, SpecError, check_spec
+from .spec import JobSpec, Problem, SpecError, check_spec, expand_path
 from .store import JobRecord, Store
 
 DEVICE_KINDS = ("gpu", "cpu")
@@ -231,7 +231,7 @@ class Operations:
             problems.append(Problem("name", "a job needs a name"))
         elif len(name) > 120:
             problems.append(Problem("name", "keep the name under 120 characters"))
-        owner = (owner or default_operator()).strip()
+        owner = (owner or "").strip() or default_operator()
         try:
             prio = Priority.parse(priority)
         except ValueError as e:
@@ -549,9 +549,12 @@ def _absolute(path: str) -> str:
     """Files are stored absolute (the worker runs elsewhere); built-in model names stay as given."""
     if not path:
         return path
-    candidate = Path(path).expanduser()
-    if candidate.exists():
-        return str(candidate.resolve())
+    candidate = expand_path(path)
+    try:
+        if candidate.exists():
+            return str(candidate.resolve())
+    except (OSError, ValueError):
+        pass
     return path
 
 

@@ -22,7 +22,13 @@ class PooledExecutor(Executor):
 
     def for_record(self, record: dict[str, Any] | None) -> Executor:
         name = (record or {}).get("executor")
-        return self.pools.get(name, self.local) if name and name != self.local.name else self.local
+        if not name or name == self.local.name:
+            return self.local
+        if name not in self.pools:
+            # Made by a pool this engine was started without (Slurm disabled since): never treat
+            # that worker as lost or local; follow it blindly until the pool is configured again.
+            self.pools[name] = MissingPool(name)
+        return self.pools[name]
 
     def for_handle(self, handle: WorkerHandle) -> Executor:
         return self.for_record(handle.record)
@@ -61,6 +67,11 @@ class PooledExecutor(Executor):
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         return self.for_handle(handle).waiting_reason(handle)
 
+    def refresh(self) -> None:
+        self.local.refresh()
+        for pool in self.pools.values():
+            pool.refresh()
+
     def maintain(self) -> None:
         self.local.maintain()
         for pool in self.pools.values():
@@ -76,3 +87,35 @@ class PooledExecutor(Executor):
         self.local.close()
         for pool in self.pools.values():
             pool.close()
+
+
+class MissingPool(Executor):
+    """Stands in for a pool named in a worker record but not configured now: reports its workers
+    alive (they may well be, on the cluster) and does nothing to them."""
+
+    self_scheduling = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def launch(self, request: LaunchRequest) -> WorkerHandle:
+        from .executor import ExecutorError
+
+        raise ExecutorError(f"pool {self.name} is not configured", retryable=True)
+
+    def release(self, handle: WorkerHandle) -> None: ...
+    def stop(self, handle: WorkerHandle) -> None: ...
+    def checkpoint(self, handle: WorkerHandle) -> None: ...
+    def kill(self, handle: WorkerHandle) -> None: ...
+
+    def poll(self, handle: WorkerHandle) -> WorkerExit | None:
+        return None
+
+    def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
+        return WorkerHandle(job_id=job_id, record=dict(record or {}), gated=False)
+
+    def waiting_reason(self, handle: WorkerHandle) -> str | None:
+        return f"in pool {self.name}, which is not configured now: enable it again to follow this job"
+
+    def status(self) -> dict[str, Any]:
+        return {self.name: "not configured (its jobs are followed blindly)"}

@@ -15,6 +15,7 @@ accounting database needed).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -28,7 +29,8 @@ from .jobs import Priority
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED"}
+                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED", "STOPPED"}
+GONE = "GONE"  # not in squeue any more (ended, or purged after MinJobAge)
 DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low"}
 COMMAND_TIMEOUT_S = 15
 
@@ -49,6 +51,12 @@ class SlurmExecutor(Executor):
         self.env = {**os.environ, **(env or {})}       # SLURM_CONF and friends for the client commands
         self.worker_env = dict(worker_env or {})
         self.note = "not contacted yet"
+        # Job names unique to this home: a lost sbatch answer (timeout, engine crash) is found again
+        # by name instead of being submitted twice.
+        self.name_prefix = f"cutline-{hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:8]}-"
+        self._states: dict[str, tuple[str, str]] = {}   # slurm id -> (state, reason), one squeue per tick
+        self._states_ok = False
+        self._fresh: set[str] = set()                   # submitted since the last squeue
 
     # ------------------------------------------------------------------ slurm commands
 
@@ -62,8 +70,10 @@ class SlurmExecutor(Executor):
                                 retryable=True) from None
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
-            raise ExecutorError(f"Slurm refused {what}: {message[-1] if message else f'exit {done.returncode}'}",
-                                retryable=True)
+            error = ExecutorError(f"Slurm refused {what}: {message[-1] if message else f'exit {done.returncode}'}",
+                                  retryable=True)
+            error.unknown_job = "Invalid job id" in (done.stderr or "")
+            raise error
         self.note = "reachable"
         return done.stdout
 
@@ -82,7 +92,8 @@ class SlurmExecutor(Executor):
             script.write_text(self._script(request, spec_path))
         except OSError as e:
             raise ExecutorError(f"could not write the Slurm job into {run_dir}: {e}") from e
-        args = ["sbatch", "--parsable", f"--job-name=cutline-{request.job_id}",
+        name = f"{self.name_prefix}{request.job_id}"
+        args = ["sbatch", "--parsable", f"--job-name={name}",
                 f"--partition={self.partition_for(request.priority)}", "--requeue", "--open-mode=append",
                 f"--output={run_dir / protocol.LOG_FILE}", "--nodes=1", "--ntasks=1"]
         if self.cpus_per_task:
@@ -90,9 +101,22 @@ class SlurmExecutor(Executor):
         if request.device.kind == "gpu" or self.gpus_per_job:
             args.append(f"--gpus={max(1, self.gpus_per_job)}")
         args += self.extra_sbatch_args + [str(script)]
-        slurm_id = self._run(args, "the job (sbatch)").strip().split(";")[0]
+        try:
+            slurm_id = self._run(args, "the job (sbatch)").strip().split(";")[0]
+        except ExecutorError:
+            slurm_id = self._find_by_name(name)  # it may have been accepted before the answer was lost
+            if slurm_id is None:
+                raise
+        self._fresh.add(slurm_id)
         record = {"executor": "slurm", "slurm_job_id": slurm_id, "partition": self.partition_for(request.priority)}
         return WorkerHandle(job_id=request.job_id, record=record, gated=False, detail=slurm_id)
+
+    def _find_by_name(self, name: str) -> str | None:
+        try:
+            out = self._run(["squeue", "-h", f"--name={name}", "-o", "%i"], "squeue --name").split()
+        except ExecutorError:
+            return None
+        return out[-1] if out else None
 
     def _script(self, request: LaunchRequest, spec_path: Path) -> str:
         env = protocol.worker_environment({}, str(self.config_dir))
@@ -115,7 +139,11 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         handle.gated = False  # Slurm jobs are never gated: Slurm starts them when their resources are free
 
     def stop(self, handle: WorkerHandle) -> None:
-        self._signal(handle, "TERM")
+        state, _ = self.slurm_state(handle)
+        if state == "PENDING":
+            self.cancel(handle)  # nothing to checkpoint yet: a pending job simply leaves the queue
+        else:
+            self._signal(handle, "TERM")
 
     def checkpoint(self, handle: WorkerHandle) -> None:
         self._signal(handle, "USR1")
@@ -140,46 +168,70 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
     def _id(handle: WorkerHandle) -> str:
         return str(handle.record.get("slurm_job_id"))
 
-    def slurm_state(self, handle: WorkerHandle) -> tuple[str | None, str]:
-        """(state, reason) from squeue; (None, "") once it has left the queue."""
-        out = self._run(["squeue", "-h", "-j", self._id(handle), "-o", "%T|%r"], "squeue").strip()
-        if not out:
-            return None, ""
-        state, _, reason = out.splitlines()[0].partition("|")
-        return state.strip(), reason.strip()
-
-    def poll(self, handle: WorkerHandle) -> WorkerExit | None:
+    def refresh(self) -> None:
+        """One squeue for all of this home's jobs, at the start of each engine tick; the rest of
+        the tick (and the console's waiting reasons) read this, so a hung slurmctld costs one
+        timeout per tick, not one per job."""
         try:
-            state, _reason = self.slurm_state(handle)
+            out = self._run(["squeue", "-h", "-o", "%i|%T|%r|%j"], "squeue")
         except ExecutorError as e:
             self.note = str(e)
-            return None  # cannot tell now: ask again next tick, never guess that it ended
-        if state in ALIVE_STATES:
-            return None
+            self._states_ok = False
+            return
+        states = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4 and parts[3].startswith(self.name_prefix):
+                states[parts[0]] = (parts[1], parts[2])
+        self._states, self._states_ok, self._fresh = states, True, set()
+
+    def slurm_state(self, handle: WorkerHandle) -> tuple[str | None, str]:
+        """(state, reason) from the last squeue; None when that squeue failed; GONE once the job has
+        left the queue (ended, or purged)."""
+        job_id = self._id(handle)
+        if not self._states_ok:
+            return None, self.note
+        if job_id in self._states:
+            return self._states[job_id]
+        if job_id in self._fresh:
+            return "PENDING", "just submitted"
+        return GONE, ""
+
+    def poll(self, handle: WorkerHandle) -> WorkerExit | None:
+        state, _reason = self.slurm_state(handle)
+        if state is None or state in ALIVE_STATES:
+            return None  # alive, or cannot tell now: ask again next tick, never guess that it ended
         return WorkerExit(self._exit_code(handle))
 
     def _exit_code(self, handle: WorkerHandle) -> int | None:
+        """The worker's exit status when Slurm ran it to completion; None otherwise (cancelled,
+        node failure, purged): then the event stream alone says how it ended."""
         try:
             out = self._run(["scontrol", "-o", "show", "job", self._id(handle)], "scontrol show job")
         except ExecutorError:
-            return None  # purged from slurmctld's memory: the event stream tells how it ended
+            return None
         fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
-        code = fields.get("ExitCode", "")
+        if fields.get("JobState") not in ("COMPLETED", "FAILED"):
+            return None
         try:
-            status, signal_number = (int(x) for x in code.split(":"))
+            status, signal_number = (int(x) for x in fields.get("ExitCode", "").split(":"))
         except ValueError:
             return None
         return -signal_number if signal_number else status
 
     def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
-        if not record or record.get("executor") != "slurm" or not record.get("slurm_job_id"):
-            return None
-        handle = WorkerHandle(job_id=job_id, record=dict(record), gated=False, detail=record["slurm_job_id"])
-        try:
-            state, _ = self.slurm_state(handle)
-        except ExecutorError:
-            return handle  # slurmctld down: keep following it rather than start a duplicate
-        return handle if state in ALIVE_STATES else None
+        record = dict(record or {"executor": "slurm"})
+        if not record.get("slurm_job_id"):
+            # Submitted, but the engine died before recording the id: find it by its unique name.
+            found = self._find_by_name(f"{self.name_prefix}{job_id}")
+            if found is None:
+                return None
+            record.update(slurm_job_id=found)
+        handle = WorkerHandle(job_id=job_id, record=record, gated=False, detail=record["slurm_job_id"])
+        if not self._states_ok:
+            self.refresh()
+        state, _ = self.slurm_state(handle)
+        return handle if state is None or state in ALIVE_STATES else None  # down: follow it, never duplicate
 
     def update_priority(self, handle: WorkerHandle, priority: Priority) -> str:
         """A changed class moves a pending job to that class's partition; a running one keeps its
@@ -189,16 +241,15 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
             return f"already in partition {partition}"
         state, _ = self.slurm_state(handle)
         if state != "PENDING":
-            return f"Slurm job {self._id(handle)} is {state}: it keeps partition {handle.record.get('partition')}"
+            return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: it keeps partition {handle.record.get('partition')}"
         self._run(["scontrol", "update", f"JobId={self._id(handle)}", f"Partition={partition}"], "scontrol update")
         handle.record["partition"] = partition
         return f"moved to partition {partition}"
 
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
-        try:
-            state, reason = self.slurm_state(handle)
-        except ExecutorError as e:
-            return str(e)
+        state, reason = self.slurm_state(handle)
+        if state is None:
+            return f"Slurm does not answer: {reason}"
         if state == "PENDING":
             return f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), partition {handle.record.get('partition')}"
         return None

@@ -92,6 +92,15 @@ class SpecError(ValueError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
+def expand_path(text: str) -> Path:
+    """`~` and `~user` expanded where they can be; an unknown user (`~nobody-here/x`) is not an
+    error here: the path is then checked as written, and reported as not found."""
+    try:
+        return Path(text).expanduser()
+    except (RuntimeError, ValueError, OSError):
+        return Path(text)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -181,7 +190,7 @@ def check_device(device: str, cuda_count: int | None = None) -> list[Problem]:
 def check_model(model: str) -> list[Problem]:
     if not model or not str(model).strip():
         return [Problem("model", "a model is required: a local .pt weights file or a model .yaml")]
-    path = Path(model).expanduser()
+    path = expand_path(model)
     suffix = path.suffix.lower()
     if suffix == ".pt":
         if path.is_file():
@@ -208,7 +217,7 @@ def check_dataset(data: str) -> list[Problem]:
 
     if not data or not str(data).strip():
         return problem("a dataset is required: the path of its data.yaml")
-    yaml_path = Path(data).expanduser()
+    yaml_path = expand_path(data)
     if yaml_path.suffix.lower() not in (".yaml", ".yml"):
         return problem(f"dataset must be a data.yaml file, got {data!r}")
     if not yaml_path.is_file():
@@ -259,12 +268,12 @@ def dataset_root(config: dict, yaml_path: Path) -> Path:
     root = config.get("path")
     if not root:
         return yaml_path.parent.resolve()
-    root = Path(str(root)).expanduser()
+    root = expand_path(str(root))
     return root if root.is_absolute() else (yaml_path.parent / root).resolve()
 
 
 def _resolve(root: Path, entry: str) -> Path:
-    p = Path(entry).expanduser()
+    p = expand_path(entry)
     return p if p.is_absolute() else root / p
 
 

@@ -206,3 +206,12 @@ def _events(engine) -> list[dict]:
     from engine.alerts import alert_events
 
     return alert_events(engine.store)
+
+
+def test_wrongly_typed_rule_fields_are_refused_when_saved(engine):
+    with pytest.raises(SpecError) as excinfo:
+        save_rules(engine.home, "rules:\n  - name: r\n    match: {alertname: X}\n"
+                                "    retrain: {model: /m.pt, data: /d.yaml, owner: 5, train_args: 5, from_job: yes}\n")
+    fields = {p.field for p in excinfo.value.problems}
+    assert {"rule 'r'.retrain.owner", "rule 'r'.retrain.train_args", "rule 'r'.retrain.from_job"} <= fields
+    assert not (engine.home / "alert-rules.yaml").exists()

@@ -139,3 +139,14 @@ def test_after_the_fuzz_the_queue_and_audit_trail_are_intact(served):
     for job in engine.store.jobs():
         assert job.name.strip() and job.run_dir and job.state.value  # every row is a whole job
     assert call(f"{server.url}/api/v1/jobs", token=token)[0] == 200
+
+
+def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(served):
+    engine, server, token = served
+    big = {"name": "x" * 10, "data": "y" * (2 << 20)}
+    assert call(f"{server.url}/api/v1/jobs", "POST", big)[0] == 401          # no token: not even parsed
+    status, body = call(f"{server.url}/api/v1/jobs", "POST", big, token=token)
+    assert status == 413 and "1048576" in body["errors"][0]["message"]
+    status, _ = call(f"{server.url}/api/v1/jobs", "POST", {"name": "p", "data": "/missing.yaml",
+                                                            "device": "slurm"}, token=token)
+    assert status == 422  # a pool name is a valid field value; the engine says there is no such pool

@@ -298,3 +298,10 @@ def test_catch_up_runs_the_latest_missed_run_after_a_long_closure(tmp_path, tiny
         assert len(engine.store.jobs()) == 1
     finally:
         engine.shutdown()
+
+
+def test_a_path_with_an_unknown_home_directory_is_just_not_found(ops):
+    # Found by the API fuzz: Path('~someone/x').expanduser() raises when that user does not exist.
+    with pytest.raises(SpecError) as excinfo:
+        ops.submit(name="x", model="~nobody-by-this-name/m.pt", data="~nobody-by-this-name/d.yaml")
+    assert set(fields_of(excinfo)) == {"model", "data"}

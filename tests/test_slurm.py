@@ -91,3 +91,26 @@ def test_a_rejected_sbatch_keeps_the_job_queued_with_the_error(tmp_path, cluster
         assert engine.store.job(job.id).state is not JobState.FAILED
     finally:
         engine.shutdown()
+
+
+def test_pausing_a_pending_slurm_job_pauses_it_and_cancelling_a_running_one_cancels_it(tmp_path, cluster,
+                                                                                        tiny_dataset):
+    engine = slurm_engine(tmp_path, cluster).start()
+    try:
+        first = engine.ops.submit(**on_slurm(tiny_dataset, "first"))
+        second = engine.ops.submit(**on_slurm(tiny_dataset, "second"))  # the node fits one: it pends
+        wait_for(lambda: engine.store.job(first.id).state is JobState.RUNNING, 120, "the first job to run")
+        wait_for(lambda: (engine.store.job(second.id).worker or {}).get("slurm_job_id"), 30, "the second's sbatch")
+        assert "pending in Slurm" in engine.why_waiting()[second.id]
+
+        engine.ops.pause(second.id)
+        paused = wait_for(lambda: (j := engine.store.job(second.id)).state is JobState.PAUSED and j, 60, "the pause")
+        assert paused.epoch is None and paused.lost_workers == 0  # never ran; not finished, not lost
+        engine.ops.cancel(first.id)
+        cancelled = wait_for(lambda: (j := engine.store.job(first.id)).state is JobState.CANCELLED and j, 90,
+                             "the cancel")
+        assert run_events(cancelled.run_dir, "preempted")  # it checkpointed first
+        kinds = {n.kind for n in engine.store.notifications()}
+        assert "finished" not in kinds
+    finally:
+        engine.shutdown()

@@ -50,7 +50,7 @@ class SubmitIn(BaseModel):
     train_args: dict[str, Any] = Field(default_factory=dict)
     priority: PriorityName = "normal"
     owner: Annotated[str, Field(max_length=120)] | None = None
-    device: Literal["any", "gpu", "cpu"] = "any"
+    device: Annotated[str, Field(max_length=64, description="any, gpu, cpu, or a cluster pool (slurm)")] = "any"
     reason: Reason | None = Field(default=None, description="required for urgent: it jumps the queue")
 
 
@@ -109,6 +109,52 @@ class AlertmanagerIn(BaseModel):
     alerts: Annotated[list[AlertIn], Field(max_length=1000)]
 
 
+MAX_BODY_BYTES = 1 << 20
+
+
+class GuardMiddleware:
+    """Before any body is read: a request to /api/ without a valid token gets 401, and a body over
+    1 MiB gets 413. (FastAPI's own dependencies run only after the body was read and parsed.)"""
+
+    def __init__(self, app, tokens: TokenStore) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        auth = headers.get("authorization", "")
+        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if self.tokens.authenticate(secret) is None:
+            return await _reply(send, 401, "a valid bearer token is required", {"www-authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return await _reply(send, 413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise ValueError("request body too large")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+async def _reply(send, status: int, message: str, extra_headers: dict | None = None) -> None:
+    import json
+
+    body = json.dumps({"ok": False, "errors": [{"field": None, "message": message}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(engine_like, tokens: TokenStore) -> FastAPI:
     """`engine_like` needs .ops (Operations), .store, .home, .devices_report() and .wake()."""
     ops, store = engine_like.ops, engine_like.store
@@ -117,6 +163,7 @@ def create_app(engine_like, tokens: TokenStore) -> FastAPI:
                                                        "or `python main.py token show`)")
     app = FastAPI(title="Cutline", version="1", description=__doc__.split("\n\n")[0],
                   responses={401: {"model": ErrorOut}, 422: {"model": ErrorOut}})
+    app.add_middleware(GuardMiddleware, tokens=tokens)
 
     def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
         name = tokens.authenticate(credentials.credentials if credentials else None)
