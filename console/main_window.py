@@ -444,10 +444,11 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Cutline", str(e))
             return
         jumps = [r for r in preview if r.kind == "jump"]
-        if self.engine.executor.self_scheduling:
+        if any(self.engine.store.job(i).device_kind in getattr(self.engine, "pools", {}) for i in ids):
             self.statusBar().showMessage(
-                f"{self.engine.executor.name}: the order within a class is {self.engine.executor.name}'s own; "
-                "Cutline records it, and a change of class moves a pending job to that class's partition", 15000)
+                "Slurm jobs: a new class moves a pending job to that class's partition, and a move up asks "
+                "Slurm to run it first (scontrol top) where the cluster allows; its Why column says what happened",
+                15000)
         if not jumps:
             self._run(ops.batch, lambda: perform(None, None))
             return

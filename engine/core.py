@@ -548,13 +548,19 @@ class Engine:
         self._start(urgent.id, action.device_id, gated=True)
 
     def _follow_priorities(self) -> None:
-        """A class changed while the cluster holds the job (a jump): move it there if it can."""
+        """The operator changed a cluster job's place: a new class moves it to that class's
+        partition; a move up within its class asks the cluster to run it first, if it allows."""
         for job_id, handle in list(self.handles.items()):
             if not self.executor.is_cluster(handle):
                 continue
             job = self.store.job(job_id)
+            moved_up = job.queue_rank < handle.record.get("rank", job.queue_rank) and \
+                job.priority.label == handle.record.get("class", job.priority.label)
+            handle.record["rank"], handle.record["class"] = job.queue_rank, job.priority.label
             try:
                 note = self.executor.update_priority(handle, job.priority)
+                if moved_up:
+                    note = self.executor.move_up(handle)
             except Exception as e:
                 note = f"could not change its place in {self.executor.for_handle(handle).name}: {e}"
             if note and note != handle.record.get("note"):

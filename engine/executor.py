@@ -98,6 +98,11 @@ class Executor(abc.ABC):
         partitions). Returns what happened, in words, or None when there is nothing to do."""
         return None
 
+    def move_up(self, handle: WorkerHandle) -> str | None:
+        """The operator moved this launched job up in the queue (a cluster may reorder its own
+        queue). Returns what happened, in words, or None when there is nothing to do."""
+        return None
+
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         """Why a launched job has not started yet, in the executor's words (a cluster's queue)."""
         return None

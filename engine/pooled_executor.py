@@ -67,6 +67,9 @@ class PooledExecutor(Executor):
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         return self.for_handle(handle).waiting_reason(handle)
 
+    def move_up(self, handle: WorkerHandle) -> str | None:
+        return self.for_handle(handle).move_up(handle)
+
     def refresh(self) -> None:
         self.local.refresh()
         for pool in self.pools.values():

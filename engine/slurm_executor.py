@@ -238,7 +238,7 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         place (Slurm does not move running jobs). Returns what happened, in words."""
         partition = self.partition_for(priority)
         if handle.record.get("partition") == partition:
-            return f"already in partition {partition}"
+            return None
         state, _ = self.slurm_state(handle)
         if state != "PENDING":
             return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: it keeps partition {handle.record.get('partition')}"
@@ -246,12 +246,26 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         handle.record["partition"] = partition
         return f"moved to partition {partition}"
 
+    def move_up(self, handle: WorkerHandle) -> str:
+        """The operator moved this job up in Cutline's queue: ask Slurm to run it before the user's
+        other pending jobs (`scontrol top`). Clusters may not allow it; then say so."""
+        state, _ = self.slurm_state(handle)
+        if state != "PENDING":
+            return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: its order no longer matters"
+        try:
+            self._run(["scontrol", "top", self._id(handle)], "scontrol top")
+        except ExecutorError as e:
+            return f"this cluster does not let Cutline reorder it ({e}); Slurm's own priority decides"
+        return f"moved to the top of its partition in Slurm (scontrol top {self._id(handle)})"
+
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         state, reason = self.slurm_state(handle)
         if state is None:
             return f"Slurm does not answer: {reason}"
         if state == "PENDING":
-            return f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), partition {handle.record.get('partition')}"
+            note = f"; {handle.record['note']}" if handle.record.get("note") else ""
+            return (f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), "
+                    f"partition {handle.record.get('partition')}{note}")
         return None
 
     def status(self) -> dict[str, Any]:

@@ -103,6 +103,14 @@ def test_pausing_a_pending_slurm_job_pauses_it_and_cancelling_a_running_one_canc
         wait_for(lambda: (engine.store.job(second.id).worker or {}).get("slurm_job_id"), 30, "the second's sbatch")
         assert "pending in Slurm" in engine.why_waiting()[second.id]
 
+        # Moving a pending job up in Cutline asks Slurm to run it first (scontrol top).
+        third = engine.ops.submit(**on_slurm(tiny_dataset, "third"))
+        wait_for(lambda: (engine.store.job(third.id).worker or {}).get("slurm_job_id"), 30, "the third's sbatch")
+        engine.ops.move(third.id, before=second.id, reason="needed before the second")
+        wait_for(lambda: "moved to the top of its partition in Slurm" in engine.why_waiting().get(third.id, ""), 30,
+                 "scontrol top")
+        engine.ops.cancel(third.id)
+
         engine.ops.pause(second.id)
         paused = wait_for(lambda: (j := engine.store.job(second.id)).state is JobState.PAUSED and j, 60, "the pause")
         assert paused.epoch is None and paused.lost_workers == 0  # never ran; not finished, not lost
