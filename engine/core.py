@@ -472,7 +472,7 @@ class Engine:
                 self.store.update(job.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
                 self.executor.stop(handle)
             elif job.stop_deadline is not None and now >= job.stop_deadline and job.killed_at is None:
-                log.warning("job %s did not stop within %.0f s; killing it", job.id, self.settings.stop_grace_s)
+                log.warning("job %s did not stop within %g s; killing it", job.id, self.settings.stop_grace_s)
                 self.executor.kill(handle)
                 self.store.update(job.id, killed_at=now)
 

@@ -108,7 +108,9 @@ def test_stuck_worker_is_killed_at_the_deadline_and_resumes_from_its_safety_chec
 
     urgent = engine.ops.submit(**tiny_job(tiny_dataset, "urgent", "urgent"), reason="drill: hung worker")
     engine.wake()
-    wait_for(lambda: engine.store.job(low.id).killed_at is not None, 30, "the kill at the grace deadline")
+    # The kill is recorded in the transition that settles it (killed_at is cleared once settled).
+    wait_for(lambda: any("killed by SIGKILL" in t["detail"] for t in engine.store.transitions(low.id)), 30,
+             "the kill at the grace deadline")
     wait_for(lambda: all(engine.store.job(j).state in ENDED for j in (low.id, urgent.id)), 300, "both jobs to end")
 
     low = engine.store.job(low.id)
