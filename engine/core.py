@@ -19,7 +19,6 @@ All executor calls happen on the engine thread; operators' commands arrive throu
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import paths, policy, protocol
+from . import paths, policy, protocol, runlock
 from .devices import Device, DeviceMonitor
 from .events import EventTail, iter_events, stream_size
 from .executor import Executor, LaunchRequest, WorkerHandle
@@ -56,21 +55,8 @@ class EngineBusy(RuntimeError):
 
 def engine_running(home: Path) -> int | None:
     """Pid of the engine holding `home`, or None if none runs."""
-    path = Path(home) / ENGINE_LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    holder = runlock.held_by(Path(home) / ENGINE_LOCK_FILE)
+    return None if holder is None else (holder.get("pid") or -1)
 
 
 class Engine:
@@ -238,17 +224,10 @@ class Engine:
         self.closed = True
 
     def _acquire_lock(self) -> None:
-        path = self.home / ENGINE_LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise EngineBusy(f"another Cutline engine (pid {other or '?'}) already runs on {self.home}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+            self._lock_fd = runlock.take(self.home / ENGINE_LOCK_FILE)
+        except runlock.Busy as e:
+            raise EngineBusy(f"another Cutline engine (pid {e.holder.get('pid', '?')}) already runs on {self.home}") from None
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

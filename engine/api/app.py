@@ -210,6 +210,9 @@ def create_app(engine_like, tokens: TokenStore) -> FastAPI:
         engine_like.wake()
         return result
 
+    def moved(result) -> dict:
+        return changed({"job": result.job.to_dict(), "kind": result.kind, "passed": list(result.passed)})
+
     # ------------------------------------------------------------------ reading
 
     @app.get("/api/v1/jobs", summary="Jobs in queue order (not ended), optionally the ended ones too")
@@ -260,17 +263,17 @@ def create_app(engine_like, tokens: TokenStore) -> FastAPI:
     @app.post("/api/v1/jobs/{job_id}/move", summary="Put a job before or after another (moving up is a jump)")
     def move(job_id: JobId, body: MoveIn, who: Operator) -> dict:
         result = ops.move(job_id, before=body.before, after=body.after, operator=who, reason=body.reason)
-        return changed({"job": result.job.to_dict(), "kind": result.kind, "passed": list(result.passed)})
+        return moved(result)
 
     @app.post("/api/v1/jobs/{job_id}/jump", summary="Make a job urgent and first in line")
     def jump(job_id: JobId, body: JumpIn, who: Operator) -> dict:
         result = ops.jump(job_id, reason=body.reason, operator=who)
-        return changed({"job": result.job.to_dict(), "kind": result.kind, "passed": list(result.passed)})
+        return moved(result)
 
     @app.post("/api/v1/jobs/{job_id}/priority", summary="Change a job's class (raising is a jump)")
     def set_priority(job_id: JobId, body: PriorityIn, who: Operator) -> dict:
         result = ops.set_priority(job_id, body.priority, reason=body.reason, operator=who)
-        return changed({"job": result.job.to_dict(), "kind": result.kind, "passed": list(result.passed)})
+        return moved(result)
 
     @app.post("/api/v1/jobs/{job_id}/pause", summary="Hold a job (a running one checkpoints first)")
     def pause(job_id: JobId, body: NoteIn, who: Operator) -> dict:
