@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl
@@ -10,7 +11,7 @@ from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 from engine import protocol
-from engine.events import read_events
+from engine.events import STREAM_END, EventTail
 
 from . import theme
 
@@ -22,6 +23,7 @@ class JobDetails(QWidget):
         super().__init__(parent)
         self.engine = engine
         self.job_id: int | None = None
+        self.log_end = 0  # bytes of the job's event file already in the log
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
         self.title = QLabel("No job selected")
@@ -73,11 +75,15 @@ class JobDetails(QWidget):
             f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v if k == 'Error' else _html(v)}</td></tr>" for k, v in rows)
             + "</table>")
         if reload_log:
-            events = read_events(Path(job.run_dir) / protocol.EVENTS_FILE)
+            tail = EventTail(Path(job.run_dir) / protocol.EVENTS_FILE)
+            events = tail.read_new()
+            self.log_end = tail.complete_offset
             self.log.setPlainText("\n".join(format_event(e) for e in events[-LOG_LINES:] if e.get("event") != "batch"))
 
     def add_event(self, event: dict) -> None:
-        if event.get("job_id") == self.job_id and event.get("event") != "batch":
+        if event.get("job_id") != self.job_id or event.get("event") == "batch":
+            return
+        if event.get(STREAM_END, math.inf) > self.log_end:  # not a live copy of a line read from disk
             self.log.appendPlainText(format_event(event))
             self.refresh()
 
@@ -87,7 +93,7 @@ class JobDetails(QWidget):
 
 
 def format_event(event: dict) -> str:
-    body = {k: v for k, v in event.items() if k not in ("ts", "event", "job_id", "metrics", "traceback")}
+    body = {k: v for k, v in event.items() if k not in ("ts", "event", "job_id", "metrics", "traceback", STREAM_END)}
     return f"{_when(event.get('ts'))}  {event.get('event', '?'):<13} {json.dumps(body, default=str)[:220]}"
 
 

@@ -12,7 +12,7 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from engine import protocol
-from engine.events import read_events
+from engine.events import STREAM_END, EventTail
 
 from . import theme
 
@@ -29,9 +29,12 @@ class JobSeries:
     markers: list[tuple[float, str]] = field(default_factory=list)   # (x, "paused" | "resumed")
     last_x: float = 0.0
     runs: int = 0
+    history_end: int = 0   # bytes of the event file already folded in from disk
 
     def add(self, event: dict) -> bool:
         """Fold one event in; True if something plotted changed."""
+        if event.get(STREAM_END, math.inf) <= self.history_end:
+            return False  # a live copy of a line the history read already had
         kind = event.get("event")
         if kind == "batch":
             nb = event.get("batches") or 1
@@ -67,8 +70,10 @@ class JobSeries:
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "JobSeries":
         series = cls()
-        for event in read_events(Path(run_dir) / protocol.EVENTS_FILE):
+        tail = EventTail(Path(run_dir) / protocol.EVENTS_FILE)
+        for event in tail.read_new():
             series.add(event)
+        series.history_end = tail.complete_offset
         return series
 
 

@@ -18,6 +18,10 @@ EVENTS_FILE = "events.jsonl"
 # Events after which the reader must be able to rely on the line being on disk.
 DURABLE_EVENTS = frozenset({"started", "checkpoint", "preempted", "finished", "failed"})
 
+# Added by EventTail, not written by the worker: where the record's line ends in the file. A reader
+# that loaded a stream's history up to some position uses it to drop live copies of lines it has.
+STREAM_END = "stream_end"
+
 
 class EventWriter:
     def __init__(self, path: str | Path):
@@ -84,6 +88,7 @@ class EventTail:
     _pending: bytes = field(default=b"", repr=False)
 
     def read_new(self) -> list[dict]:
+        """New complete records, each with `STREAM_END`: the byte position just after its line."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -91,9 +96,22 @@ class EventTail:
                 self.offset = f.tell()
         except OSError:
             return []
+        position = self.offset - len(chunk) - len(self._pending)
         lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()  # incomplete last line waits for the rest
-        return [r for r in (_parse(line.decode("utf-8", "replace")) for line in lines) if r is not None]
+        records = []
+        for line in lines:
+            position += len(line) + 1
+            record = _parse(line.decode("utf-8", "replace"))
+            if record is not None:
+                record[STREAM_END] = position
+                records.append(record)
+        return records
+
+    @property
+    def complete_offset(self) -> int:
+        """The end of the last complete line read so far."""
+        return self.offset - len(self._pending)
 
 
 def stream_size(path: str | Path) -> int:

@@ -197,3 +197,28 @@ def test_a_cluster_pool_gets_its_own_card_with_its_jobs(qtbot, tmp_path, tiny_da
         assert list(panel.cards) == ["cpu0"]  # local devices keep their own cards
     finally:
         engine.shutdown()
+
+
+def test_plot_history_and_live_events_overlap_without_repeating_a_batch(tmp_path):
+    """The console reads a job's history from its event file while the engine's tail delivers the
+    same lines live: each line must be plotted once, and lines after the history still arrive."""
+    from console.plots import JobSeries
+    from engine.events import EventTail, EventWriter
+
+    writer = EventWriter(tmp_path / "events.jsonl")
+    batch = lambda i: writer.emit("batch", epoch=0, batch=i, batches=8, losses={"box_loss": 1.0 / (i + 1)})  # noqa: E731
+    engine_tail = EventTail(tmp_path / "events.jsonl")
+    writer.emit("training", epochs=1, batches_per_epoch=8, start_epoch=0, start_batch=0)
+    for i in range(3):
+        batch(i)
+    series = JobSeries.from_run(tmp_path)   # the console selects the job: batches 0-2 from disk
+    batch(3)
+    for event in engine_tail.read_new():    # the engine publishes 0-3 afterwards
+        series.add(event)
+    batch(4)
+    for event in engine_tail.read_new():
+        series.add(event)
+    writer.close()
+    xs, _ = series.losses["box_loss"]
+    assert xs == [(i + 1) / 8 for i in range(5)]
+    assert series.runs == 1
