@@ -31,6 +31,7 @@ from . import theme
 
 KIND_COLOURS = {
     "preempted": theme.WARN_AMBER,
+    "paused": theme.WARN_AMBER,
     "resumed": "#2563eb",
     "finished": theme.OK_GREEN,
     "failed": theme.URGENT_RED,
@@ -38,6 +39,7 @@ KIND_COLOURS = {
 OTHER_COLOUR = "#64748b"
 TRAY_ICONS = {
     "preempted": QSystemTrayIcon.Warning,
+    "paused": QSystemTrayIcon.Warning,
     "failed": QSystemTrayIcon.Critical,
 }
 MAX_ITEMS = 200

@@ -31,7 +31,7 @@ from typing import Any
 from . import paths, policy, protocol, runlock
 from .devices import Device, DeviceMonitor
 from .events import EventTail, iter_events, stream_size
-from .executor import Executor, LaunchRequest, WorkerHandle
+from .executor import STOP_CANCELLED, STOP_REQUEUED, Executor, LaunchRequest, WorkerHandle
 from .jobs import JobEvent, JobState, Priority
 from .local_executor import LocalExecutor
 from .pooled_executor import PooledExecutor
@@ -110,6 +110,7 @@ class Engine:
         self.handles: dict[int, WorkerHandle] = {}
         self.tails: dict[int, EventTail] = {}
         self.outcomes: dict[int, dict] = {}          # job id -> its run's last terminal event
+        self.held_events: dict[int, list[dict]] = {}  # job id -> events waiting on the cluster's answer
         self.listeners: list[Callable[[str, Any], None]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -305,20 +306,22 @@ class Engine:
 
     def _observe(self) -> None:
         for job_id in list(self.handles):
-            events = self.tails[job_id].read_new()
+            events = self.held_events.pop(job_id, []) + self.tails[job_id].read_new()
             if events:
                 self._apply_events(job_id, events)
             ended = self.executor.poll(self.handles[job_id])
             if ended is not None:
-                events = self.tails[job_id].read_new()  # lines written just before the exit
+                # lines written just before the exit, and any the cluster's answer held back
+                events = self.held_events.pop(job_id, []) + self.tails[job_id].read_new()
                 if events:
-                    self._apply_events(job_id, events)
+                    self._apply_events(job_id, events, final=True)
                 self._settle(job_id, ended.returncode)
 
-    def _apply_events(self, job_id: int, events: list[dict]) -> None:
+    def _apply_events(self, job_id: int, events: list[dict], final: bool = False) -> None:
+        """Fold a worker's new events into its job. `final`: its worker has ended."""
         job = self.store.job(job_id)
         changes: dict[str, Any] = {}
-        for event in events:
+        for index, event in enumerate(events):
             kind = event.get("event")
             if kind == "started":
                 try:
@@ -351,7 +354,15 @@ class Engine:
                     self.executor.cancel(self.handles[job_id])
                     self.outcomes[job_id] = event
                 elif job.state.is_active:
-                    job = self._cluster_preempted(job, event)
+                    restarted = any(e.get("event") == "started" for e in events[index + 1:])
+                    cause = STOP_REQUEUED if restarted else self.executor.stop_cause(self.handles[job_id], final)
+                    if cause is None:
+                        self.held_events[job_id] = events[index:]  # the cluster has not decided yet
+                        break
+                    if cause == STOP_REQUEUED:
+                        job = self._cluster_preempted(job, event)
+                    else:  # it will not run again by itself; settle it when it leaves the queue
+                        self.outcomes[job_id] = {**event, "stop_cause": cause}
             elif kind in ("preempted", "finished", "failed"):
                 self.outcomes[job_id] = event
             self._emit("event", {"job_id": job_id, **event})
@@ -375,7 +386,11 @@ class Engine:
         self.handles.pop(job_id, None)
         self.tails.pop(job_id, None)
         self.outcomes.pop(job_id, None)
+        self.held_events.pop(job_id, None)
         if done is not None:
+            if done.state is JobState.PAUSED:
+                with self.store.lock:
+                    self.audit.flush_anchor()  # settling may have audited a cluster-side cancel
             self._dirty = True
             self._emit("job", done)
 
@@ -419,6 +434,8 @@ class Engine:
                                          ended_at=now, error=error, stop_target=None, **released)
             self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error[:300]}")
             return done
+        if (outcome or {}).get("stop_cause") == STOP_CANCELLED and not job.stop_target:
+            return self._cancelled_on_cluster(job, released, now)
         target = JobState(job.stop_target) if job.stop_target else JobState.QUEUED
         lost = kind not in ("preempted", "failed") and job.killed_at is None and job.state is not JobState.PREEMPTING
         values: dict[str, Any] = dict(released, waiting_since=now, stop_target=None, stop_reason=None)
@@ -574,6 +591,22 @@ class Engine:
         with self.store.lock:
             self.audit.flush_anchor()
         return job
+
+    def _cancelled_on_cluster(self, job: JobRecord, released: dict, now: float) -> JobRecord:
+        """Someone cancelled the job on the cluster, outside Cutline (an administrator's scancel).
+        Running it again would overrule them, and failing it would discard its progress: pause it
+        with its checkpoint, audited, so its owner or an operator decides whether it resumes."""
+        cluster = self.executor.for_record(job.worker).name
+        where = f"epoch {(job.epoch or 0) + 1}, batch {job.batch or 0}"
+        reason = f"cancelled on {cluster} outside Cutline (scancel); paused with its checkpoint at {where}"
+        with self.store.transaction():
+            self.audit.append("pause", operator=cluster, reason=reason, job_id=job.id,
+                              details={"victim": victim_details(job), "cluster_job": job.worker})
+            done = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state, to=JobState.PAUSED,
+                                         detail=reason, waiting_since=now, stop_target=None, stop_reason=None,
+                                         **released)
+            self._notify(done, "paused", f"Your job {job.id} ({job.name}) was {reason}. Resume it to run it again.")
+        return done  # the caller commits, then writes the audit anchor
 
     def _last_jump(self, job_id: int) -> dict | None:
         with self.store.lock:

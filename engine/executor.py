@@ -46,6 +46,9 @@ class WorkerExit:
     returncode: int | None   # None when the executor cannot know it (an adopted worker)
 
 
+STOP_REQUEUED, STOP_CANCELLED, STOP_ENDED = "requeued", "cancelled", "ended"
+
+
 class ExecutorError(RuntimeError):
     """The executor could not do what was asked (could not start a process, cluster refused).
     `retryable`: the job should stay queued and be tried again (a cluster that is down), rather
@@ -92,6 +95,14 @@ class Executor(abc.ABC):
     def cancel(self, handle: WorkerHandle) -> None:
         """End a worker that has stopped at the engine's request, for good (a cluster would
         otherwise requeue it). Locally a stopped worker has simply exited."""
+
+    def stop_cause(self, handle: WorkerHandle, final: bool = False) -> str | None:
+        """Why a self-scheduling cluster stopped a worker the engine did not ask to stop:
+        STOP_REQUEUED (it preempted the job and will run the same cluster job again),
+        STOP_CANCELLED (someone cancelled it on the cluster, outside Cutline), STOP_ENDED (it left
+        the cluster some other way), or None while the cluster cannot tell yet. `final`: the job
+        has left the cluster's queue, so an answer is needed now."""
+        return STOP_REQUEUED
 
     def update_priority(self, handle: WorkerHandle, priority: Priority) -> str | None:
         """A job's class changed while the executor holds it (a cluster moves it between

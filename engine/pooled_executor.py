@@ -58,6 +58,9 @@ class PooledExecutor(Executor):
     def poll(self, handle: WorkerHandle) -> WorkerExit | None:
         return self.for_handle(handle).poll(handle)
 
+    def stop_cause(self, handle: WorkerHandle, final: bool = False) -> str | None:
+        return self.for_handle(handle).stop_cause(handle, final)
+
     def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
         return self.for_record(record).adopt(job_id, run_dir, record)
 

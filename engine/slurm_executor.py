@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .executor import Executor, ExecutorError, LaunchRequest, WorkerExit, WorkerHandle
+from .executor import (STOP_CANCELLED, STOP_ENDED, STOP_REQUEUED, Executor, ExecutorError, LaunchRequest,
+                       WorkerExit, WorkerHandle)
 from .jobs import Priority
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED", "STOPPED"}
+REQUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 GONE = "GONE"  # not in squeue any more (ended, or purged after MinJobAge)
 DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low"}
 COMMAND_TIMEOUT_S = 15
@@ -207,10 +209,9 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         """The worker's exit status when Slurm ran it to completion; None otherwise (cancelled,
         node failure, purged): then the event stream alone says how it ended."""
         try:
-            out = self._run(["scontrol", "-o", "show", "job", self._id(handle)], "scontrol show job")
+            fields = self._job_fields(handle)
         except ExecutorError:
             return None
-        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
         if fields.get("JobState") not in ("COMPLETED", "FAILED"):
             return None
         try:
@@ -218,6 +219,27 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         except ValueError:
             return None
         return -signal_number if signal_number else status
+
+    def stop_cause(self, handle: WorkerHandle, final: bool = False) -> str | None:
+        """Measured on slurm 22.05: a preempted job stays RUNNING through its grace time and is
+        PENDING again (same id) once the worker exits 75; `scancel` makes it COMPLETING, then
+        CANCELLED, at once."""
+        try:
+            fields = self._job_fields(handle)
+        except ExecutorError:
+            return STOP_ENDED if final else None  # cannot ask now; gone for good: Cutline requeues it
+        state = fields.get("JobState", "")
+        if state == "CANCELLED":
+            return STOP_CANCELLED
+        if state in REQUEUED_STATES:
+            return STOP_REQUEUED
+        if state in ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING") and not final:
+            return None  # still in its grace time or its epilog: next tick
+        return STOP_ENDED
+
+    def _job_fields(self, handle: WorkerHandle) -> dict[str, str]:
+        out = self._run(["scontrol", "-o", "show", "job", self._id(handle)], "scontrol show job")
+        return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
     def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
         record = dict(record or {"executor": "slurm"})

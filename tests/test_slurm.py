@@ -3,6 +3,10 @@ Slurm preempts the low job for the urgent one, the worker checkpoints and exits 
 it (RequeueExit), and it resumes from its checkpoint to the weights of an uninterrupted run."""
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+
 import pytest
 
 from engine import paths
@@ -120,5 +124,37 @@ def test_pausing_a_pending_slurm_job_pauses_it_and_cancelling_a_running_one_canc
         assert run_events(cancelled.run_dir, "preempted")  # it checkpointed first
         kinds = {n.kind for n in engine.store.notifications()}
         assert "finished" not in kinds
+    finally:
+        engine.shutdown()
+
+
+def test_a_job_cancelled_on_the_cluster_by_an_administrator_is_paused_with_its_checkpoint_not_resubmitted(
+        tmp_path, cluster, tiny_dataset, baseline_run):
+    engine = slurm_engine(tmp_path, cluster).start()
+    try:
+        job = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        wait_for(lambda: (engine.store.job(job.id).batch or 0) >= 2, 120, "the job to train on Slurm")
+        slurm_id = engine.store.job(job.id).worker["slurm_job_id"]
+
+        subprocess.run(["scancel", slurm_id], env={**os.environ, **cluster.env}, check=True)  # outside Cutline
+        paused = wait_for(lambda: (j := engine.store.job(job.id)).state is JobState.PAUSED and j, 60, "the pause")
+        assert paused.preemptions == 0 and paused.lost_workers == 0 and paused.checkpoint
+        assert run_events(paused.run_dir, "preempted")  # the worker checkpointed in Slurm's kill wait
+        entry = engine.audit.entries()[-1]
+        assert (entry.kind, entry.operator, entry.job_id) == ("pause", "slurm", str(job.id))
+        assert "scancel" in entry.reason and entry.details["cluster_job"]["slurm_job_id"] == slurm_id
+        assert [n.kind for n in engine.store.notifications(owner="bob")] == ["paused"]
+        time.sleep(3)  # a few engine ticks: nothing resubmits it behind the administrator's back
+        assert engine.store.job(job.id).state is JobState.PAUSED
+
+        engine.ops.resume(job.id)  # the operator decides: it runs again, from its checkpoint
+        done = wait_for(lambda: (j := engine.store.job(job.id)).state in ENDED and j, 300, "the resumed job")
+        assert done.state is JobState.FINISHED, done.error
+        assert done.worker["slurm_job_id"] != slurm_id
+        checkpoint = [e for e in run_events(done.run_dir, "checkpoint") if e["reason"] == "preempt"][0]
+        resumed = run_events(done.run_dir, "training")[1]
+        assert (resumed["start_epoch"], resumed["start_batch"]) == (checkpoint["epoch"], checkpoint["batch"])
+        assert_same_as_baseline(done.run_dir, baseline_run)
+        assert engine.audit.verify().ok
     finally:
         engine.shutdown()
