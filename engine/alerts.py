@@ -15,8 +15,10 @@ delivery, so a change needs no restart):
 
 What happens to each alert of a delivery is recorded (table `alert_events`) and visible in the
 console and through the API: `retrain` (job N), `duplicate` (a retrain for the same alert
-fingerprint is still queued or running: Alertmanager re-sends on repeat_interval and whenever its
-group changes), `cooldown`, `unmatched`, `resolved` (recorded, never acted on), or `error`.
+fingerprint is still queued or running, or this occurrence of the alert -- same fingerprint and
+startsAt -- already caused one, however it ended: Alertmanager re-sends on repeat_interval and
+whenever its group changes), `cooldown`, `unmatched`, `resolved` (recorded, never acted on), or
+`error`.
 """
 from __future__ import annotations
 
@@ -201,7 +203,15 @@ class AlertReceiver:
         return outcome
 
     def _act(self, alert: dict, rule: Rule, outcome: AlertOutcome, operator: str) -> None:
+        starts_at = alert.get("startsAt")
         with self.store.lock:
+            # Alertmanager re-sends a firing alert (repeat_interval, group changes) with the same
+            # fingerprint and startsAt: one occurrence gets one retrain, however that retrain ended.
+            # A new occurrence (it resolved and fired again) has a new startsAt.
+            same_occurrence = None if not starts_at else self.store.conn.execute(
+                "SELECT e.job_id, j.state FROM alert_events e LEFT JOIN jobs j ON j.id = e.job_id "
+                "WHERE e.fingerprint = ? AND e.starts_at = ? AND e.action = 'retrain' ORDER BY e.seq DESC LIMIT 1",
+                (outcome.fingerprint, starts_at)).fetchone()
             running = self.store.conn.execute(
                 f"SELECT e.job_id, j.state FROM alert_events e JOIN jobs j ON j.id = e.job_id "
                 f"WHERE e.fingerprint = ? AND e.action = 'retrain' AND j.state IN ({', '.join('?' * len(ACTIVE_OR_WAITING))}) "
@@ -212,6 +222,11 @@ class AlertReceiver:
         if running is not None:
             outcome.action, outcome.job_id = "duplicate", int(running[0])
             outcome.detail = f"job {running[0]} for this alert is still {running[1]}"
+            return
+        if same_occurrence is not None:
+            outcome.action, outcome.job_id = "duplicate", int(same_occurrence[0])
+            outcome.detail = (f"this alert, firing since {starts_at}, already caused job {same_occurrence[0]} "
+                              f"(now {same_occurrence[1] or 'gone'}); it retrains again only when it fires anew")
             return
         if last is not None and rule.cooldown_s and time.time() - last[0] < rule.cooldown_s:
             outcome.action, outcome.job_id = "cooldown", int(last[1]) if last[1] is not None else None

@@ -80,9 +80,13 @@ def test_one_retrain_per_alert_duplicates_resolved_and_unmatched_are_recorded(en
     assert again[0].job_id == job.id
     assert len(engine.store.jobs()) == 1
 
-    # Once that retrain has ended, the same alert may start another (no cooldown configured).
+    # Once that retrain has ended, re-sends of the same occurrence still start nothing: the
+    # operator's cancel stands. The alert resolving and firing anew (new startsAt) retrains again.
     engine.ops.cancel(job.id)
-    assert [o.action for o in receiver.receive({"alerts": [alert()]}, operator="x")] == ["retrain"]
+    later = receiver.receive({"alerts": [alert()]}, operator="x")[0]
+    assert (later.action, later.job_id) == ("duplicate", job.id) and "fires anew" in later.detail
+    anew = {**alert(), "startsAt": "2026-12-03T09:40:00Z"}
+    assert [o.action for o in receiver.receive({"alerts": [anew]}, operator="x")] == ["retrain"]
     assert len(engine.store.jobs()) == 2
 
 
