@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import paths, policy, protocol, runlock
+from . import cluster_policy, paths, policy, protocol, runlock
 from .devices import Device, DeviceMonitor
 from .events import EventTail, iter_events, stream_size
 from .executor import STOP_CANCELLED, STOP_REQUEUED, Executor, LaunchRequest, WorkerHandle
@@ -490,12 +490,15 @@ class Engine:
 
     def _dispatch(self, now: float) -> None:
         if self.pools:
-            # A cluster pool schedules itself: hand it every job queued for it, in queue order.
+            # A cluster pool schedules itself: hand it every job queued for it, in queue order,
+            # placed where the daily cap and protection hold (the cluster picks the victims).
+            rules = self.settings.rules(self.ops.preemptions_today(now))
+            placements = cluster_policy.place(self.ops.pool_job_views(), rules)
             for job in self.ops.queue():
                 if (job.state is JobState.QUEUED and job.device_kind in self.pools
                         and self._retry_after.get(job.id, 0) <= now):
-                    self._start(job.id, job.device_kind, gated=False)
-            self._follow_priorities()
+                    self._start(job.id, job.device_kind, gated=False, placement=placements.get(str(job.id)))
+            self._follow_placements(placements)
         snapshot = self.ops.snapshot(now)
         decision = policy.decide(snapshot)
         for action in decision.actions:
@@ -543,22 +546,25 @@ class Engine:
         # The urgent job prepares now, on the victim's device, and starts when the victim is gone.
         self._start(urgent.id, action.device_id, gated=True)
 
-    def _follow_priorities(self) -> None:
-        """The operator changed a cluster job's place: a new class moves it to that class's
-        partition; a move up within its class asks the cluster to run it first, if it allows."""
+    def _follow_placements(self, placements: dict[str, cluster_policy.Placement]) -> None:
+        """A cluster job's place changed: a new class, the daily cap running out or protection
+        moves it to another partition; a move up within its class asks the cluster to run it
+        first, if it allows."""
         for job_id, handle in list(self.handles.items()):
             if not self.executor.is_cluster(handle):
                 continue
             job = self.store.job(job_id)
+            placement = placements.get(str(job_id)) or cluster_policy.Placement(job.priority.label)
             moved_up = job.queue_rank < handle.record.get("rank", job.queue_rank) and \
                 job.priority.label == handle.record.get("class", job.priority.label)
             handle.record["rank"], handle.record["class"] = job.queue_rank, job.priority.label
             try:
-                note = self.executor.update_priority(handle, job.priority)
+                note = self.executor.update_route(handle, placement.route)
                 if moved_up:
                     note = self.executor.move_up(handle)
             except Exception as e:
                 note = f"could not change its place in {self.executor.for_handle(handle).name}: {e}"
+            note = "; ".join(n for n in (placement.reason, note) if n) or None
             if note and note != handle.record.get("note"):
                 handle.record["note"] = note
                 self.store.update(job_id, worker=handle.record)
@@ -616,7 +622,8 @@ class Engine:
             ).fetchone()
         return None if row is None else {"seq": row[0], "operator": row[1], "reason": row[2]}
 
-    def _start(self, job_id: int, device_id: str, *, gated: bool) -> None:
+    def _start(self, job_id: int, device_id: str, *, gated: bool,
+               placement: cluster_policy.Placement | None = None) -> None:
         job = self.store.job(job_id)
         device = self.devices[device_id]
         events_path = Path(job.run_dir) / protocol.EVENTS_FILE
@@ -634,11 +641,14 @@ class Engine:
                        keep_final_state=self.settings.keep_final_state)
         try:
             handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
-                                                        urgent=job.priority is Priority.URGENT, priority=job.priority))
+                                                        urgent=job.priority is Priority.URGENT, priority=job.priority,
+                                                        route=placement.route if placement else None))
         except Exception as e:  # disk full, permissions, a cluster refusing: the job must not hold the device
             log.error("could not start job %s: %s", job.id, e)
             self._launch_failed(job.id, f"could not start its worker: {e}", retry=getattr(e, "retryable", False))
             return
+        if placement is not None and placement.reason:
+            handle.record["note"] = placement.reason
         job = self.store.update(job.id, worker=handle.record, error=None)
         self._retry_after.pop(job.id, None)
         self._track(job, handle)

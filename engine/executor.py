@@ -28,6 +28,7 @@ class LaunchRequest:
     gated: bool = False     # prepare now, start the first batch only on release()
     urgent: bool = False    # may use the warm standby worker
     priority: Priority = Priority.NORMAL   # a cluster executor maps it to a partition or QOS
+    route: str | None = None  # a cluster's placement (engine.cluster_policy); None: the class's own
 
 
 @dataclass
@@ -104,9 +105,10 @@ class Executor(abc.ABC):
         has left the cluster's queue, so an answer is needed now."""
         return STOP_REQUEUED
 
-    def update_priority(self, handle: WorkerHandle, priority: Priority) -> str | None:
-        """A job's class changed while the executor holds it (a cluster moves it between
-        partitions). Returns what happened, in words, or None when there is nothing to do."""
+    def update_route(self, handle: WorkerHandle, route: str) -> str | None:
+        """A job's placement changed while the executor holds it: its class changed, the daily cap
+        ran out, it became protected (a cluster moves it between partitions; see
+        engine.cluster_policy). Returns what happened, in words, or None when there is nothing to say."""
         return None
 
     def move_up(self, handle: WorkerHandle) -> str | None:

@@ -121,6 +121,11 @@ class Operations:
             ).fetchone()
         return int(row[0])
 
+    def pool_job_views(self) -> list[JobView]:
+        """The policy's view of the jobs queued for, or running in, a cluster pool."""
+        pools = {d.id for d in self.devices if d.kind == POOL_KIND}
+        return [j for j in self._job_views() if j.device_kind in pools]
+
     def snapshot(self, now: float | None = None) -> Snapshot:
         now = time.time() if now is None else now
         settings = self.settings

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from .executor import Executor, LaunchRequest, WorkerExit, WorkerHandle
-from .jobs import Priority
 
 
 class PooledExecutor(Executor):
@@ -64,8 +63,8 @@ class PooledExecutor(Executor):
     def adopt(self, job_id: int, run_dir: str, record: dict[str, Any] | None) -> WorkerHandle | None:
         return self.for_record(record).adopt(job_id, run_dir, record)
 
-    def update_priority(self, handle: WorkerHandle, priority: Priority) -> str | None:
-        return self.for_handle(handle).update_priority(handle, priority)
+    def update_route(self, handle: WorkerHandle, route: str) -> str | None:
+        return self.for_handle(handle).update_route(handle, route)
 
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         return self.for_handle(handle).waiting_reason(handle)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from .cluster_policy import ROUTES
 from .policy import Rules
 
 
@@ -32,7 +33,7 @@ class EngineSettings:
     # A Slurm pool beside the local devices (docs/slurm.md); jobs go there with device preference "slurm"
     slurm_enabled: bool = False
     slurm_conf: str | None = None             # SLURM_CONF for the client commands (default: Slurm's own)
-    slurm_partitions: dict | None = None      # class -> partition; default urgent: high, others: low
+    slurm_partitions: dict | None = None      # route -> partition; default urgent: high, others: low (docs/slurm.md)
     slurm_cpus_per_task: int | None = None
     slurm_gpus_per_job: int = 0
 
@@ -81,9 +82,10 @@ class EngineSettings:
             out.append(f"api_port: must be a port number from 0 to 65535, got {self.api_port!r}")
         if not isinstance(self.api_host, str) or not self.api_host.strip():
             out.append("api_host: must be an address such as 127.0.0.1")
-        if self.slurm_partitions is not None and (not isinstance(self.slurm_partitions, dict) or not set(
-                self.slurm_partitions) <= {"urgent", "high", "normal", "low"}):
-            out.append("slurm_partitions: a mapping from urgent/high/normal/low to partition names")
+        if self.slurm_partitions is not None and (
+                not isinstance(self.slurm_partitions, dict) or not set(self.slurm_partitions) <= set(ROUTES)
+                or not all(v is None or (isinstance(v, str) and v.strip()) for v in self.slurm_partitions.values())):
+            out.append(f"slurm_partitions: a mapping from {'/'.join(ROUTES)} to partition names")
         for name in ("warm_standby", "keep_final_state", "api_enabled", "slurm_enabled"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name}: must be true or false")

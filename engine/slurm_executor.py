@@ -26,14 +26,17 @@ from typing import Any
 from . import protocol
 from .executor import (STOP_CANCELLED, STOP_ENDED, STOP_REQUEUED, Executor, ExecutorError, LaunchRequest,
                        WorkerExit, WorkerHandle)
-from .jobs import Priority
+from .cluster_policy import ROUTE_PROTECTED, ROUTE_URGENT_NO_PREEMPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED", "STOPPED"}
 REQUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 GONE = "GONE"  # not in squeue any more (ended, or purged after MinJobAge)
-DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low"}
+# Routes (engine.cluster_policy) -> partitions. "protected" is a partition nothing preempts; with
+# none configured, protection and the daily cap cannot hold on the cluster, and the jobs say so.
+DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low", ROUTE_PROTECTED: None,
+                      ROUTE_URGENT_NO_PREEMPT: None}
 COMMAND_TIMEOUT_S = 15
 
 
@@ -79,8 +82,21 @@ class SlurmExecutor(Executor):
         self.note = "reachable"
         return done.stdout
 
-    def partition_for(self, priority: Priority) -> str:
-        return self.partitions[priority.label]
+    def partition_for(self, route: str) -> tuple[str, str | None]:
+        """The partition for a route, and a note when the cluster cannot honour the route fully."""
+        if route == ROUTE_PROTECTED:
+            if self.partitions[ROUTE_PROTECTED]:
+                return self.partitions[ROUTE_PROTECTED], None
+            return self.partitions["low"], ("no protected partition is configured (slurm_partitions: protected), "
+                                            "so Slurm may preempt it again")
+        if route == ROUTE_URGENT_NO_PREEMPT:
+            # Not preempting, and not preemptible either: a later urgent job must not preempt it.
+            partition = self.partitions[ROUTE_URGENT_NO_PREEMPT] or self.partitions[ROUTE_PROTECTED]
+            if partition:
+                return partition, None
+            return self.partitions["high"], ("no protected partition is configured (slurm_partitions: protected): "
+                                             "it waits in the high class's partition")
+        return self.partitions[route], None
 
     # ------------------------------------------------------------------ launch
 
@@ -95,8 +111,10 @@ class SlurmExecutor(Executor):
         except OSError as e:
             raise ExecutorError(f"could not write the Slurm job into {run_dir}: {e}") from e
         name = f"{self.name_prefix}{request.job_id}"
+        route = request.route or request.priority.label
+        partition, _ = self.partition_for(route)
         args = ["sbatch", "--parsable", f"--job-name={name}",
-                f"--partition={self.partition_for(request.priority)}", "--requeue", "--open-mode=append",
+                f"--partition={partition}", "--requeue", "--open-mode=append",
                 f"--output={run_dir / protocol.LOG_FILE}", "--nodes=1", "--ntasks=1"]
         if self.cpus_per_task:
             args.append(f"--cpus-per-task={self.cpus_per_task}")
@@ -110,7 +128,7 @@ class SlurmExecutor(Executor):
             if slurm_id is None:
                 raise
         self._fresh.add(slurm_id)
-        record = {"executor": "slurm", "slurm_job_id": slurm_id, "partition": self.partition_for(request.priority)}
+        record = {"executor": "slurm", "slurm_job_id": slurm_id, "partition": partition, "route": route}
         return WorkerHandle(job_id=request.job_id, record=record, gated=False, detail=slurm_id)
 
     def _find_by_name(self, name: str) -> str | None:
@@ -255,18 +273,19 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         state, _ = self.slurm_state(handle)
         return handle if state is None or state in ALIVE_STATES else None  # down: follow it, never duplicate
 
-    def update_priority(self, handle: WorkerHandle, priority: Priority) -> str:
-        """A changed class moves a pending job to that class's partition; a running one keeps its
-        place (Slurm does not move running jobs). Returns what happened, in words."""
-        partition = self.partition_for(priority)
+    def update_route(self, handle: WorkerHandle, route: str) -> str | None:
+        """A new route moves a pending job to its partition; a running one keeps its place (Slurm
+        does not move running jobs). Returns what happened, in words."""
+        partition, caveat = self.partition_for(route)
         if handle.record.get("partition") == partition:
-            return None
+            handle.record["route"] = route
+            return caveat
         state, _ = self.slurm_state(handle)
         if state != "PENDING":
             return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: it keeps partition {handle.record.get('partition')}"
         self._run(["scontrol", "update", f"JobId={self._id(handle)}", f"Partition={partition}"], "scontrol update")
-        handle.record["partition"] = partition
-        return f"moved to partition {partition}"
+        handle.record.update(partition=partition, route=route)
+        return f"moved to partition {partition}" + (f"; {caveat}" if caveat else "")
 
     def move_up(self, handle: WorkerHandle) -> str:
         """The operator moved this job up in Cutline's queue: ask Slurm to run it before the user's

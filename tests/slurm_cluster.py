@@ -1,7 +1,8 @@
 """A real single-node Slurm for tests and benchmarks: munged, slurmctld and slurmd started on this
-machine with a private config, state and ports, stopped by pid. Two partitions implement Cutline's
-priority classes the way docs/slurm.md describes: `low` (preemptible, requeued after a grace time)
-and `high` (PriorityTier 10, preempts `low`)."""
+machine with a private config, state and ports, stopped by pid. Three partitions implement Cutline's
+priority classes the way docs/slurm.md describes: `low` (preemptible, requeued after a grace time),
+`high` (PriorityTier 10, preempts `low`) and `safe` (nothing preempts it: protected jobs, and
+urgent ones past the daily cap)."""
 from __future__ import annotations
 
 import os
@@ -101,6 +102,7 @@ MinJobAge=600
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN
 PartitionName=low Nodes={self.host} Default=YES PriorityTier=1 PreemptMode=REQUEUE GraceTime={GRACE_S} MaxTime=INFINITE State=UP
 PartitionName=high Nodes={self.host} PriorityTier=10 PreemptMode=OFF MaxTime=INFINITE State=UP
+PartitionName=safe Nodes={self.host} PriorityTier=1 PreemptMode=OFF MaxTime=INFINITE State=UP
 """
 
     def _spawn(self, args: list[str], log: str, env: dict | None = None) -> None:

@@ -17,6 +17,7 @@ from engine.slurm_executor import SlurmExecutor
 from engine_runs import TEST_SETTINGS, overlaps, run_events, tiny_job, training_intervals, wait_for
 from slurm_cluster import LocalSlurm, available
 from test_engine_e2e import assert_same_as_baseline
+from worker_runs import TINY_TRAIN_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a loaded machine trains slowly
 ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
@@ -32,13 +33,14 @@ def cluster(tmp_path):
     slurm.stop()
 
 
-def slurm_engine(tmp_path, cluster, **executor_options) -> Engine:
+def slurm_engine(tmp_path, cluster, settings: dict | None = None, **executor_options) -> Engine:
     """Local CPU slot and a Slurm pool side by side; jobs choose the pool with device "slurm"."""
     home = paths.cutline_home(tmp_path / "home")
+    executor_options.setdefault("partitions", {"protected": "safe"})
     slurm = SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus, env=cluster.env,
                           worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1"},
                           **executor_options)
-    return Engine(home, use_nvml=False, pools={"slurm": slurm}, settings={**TEST_SETTINGS},
+    return Engine(home, use_nvml=False, pools={"slurm": slurm}, settings={**TEST_SETTINGS, **(settings or {})},
                   worker_env={"CUTLINE_FORBID_NETWORK": "1"})
 
 
@@ -156,5 +158,55 @@ def test_a_job_cancelled_on_the_cluster_by_an_administrator_is_paused_with_its_c
         assert (resumed["start_epoch"], resumed["start_batch"]) == (checkpoint["epoch"], checkpoint["batch"])
         assert_same_as_baseline(done.run_dir, baseline_run)
         assert engine.audit.verify().ok
+    finally:
+        engine.shutdown()
+
+
+def batches_done(engine, job_id: int) -> int:
+    job = engine.store.job(job_id)
+    return (job.epoch or 0) * (job.batches or 0) + (job.batch or 0)
+
+
+def test_past_the_daily_cap_an_urgent_job_waits_where_it_preempts_no_one(tmp_path, cluster, tiny_dataset):
+    engine = slurm_engine(tmp_path, cluster, settings={"daily_preemption_cap": 0}).start()
+    try:
+        low = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        wait_for(lambda: batches_done(engine, low.id) >= 2, 120, "the low job to train on Slurm")
+        urgent = engine.ops.submit(**on_slurm(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
+                                   operator="carol", reason="line 3 crack escapes")
+        waiting = wait_for(lambda: (j := engine.store.job(urgent.id)).worker and j, 30, "the urgent job's sbatch")
+        assert waiting.worker["partition"] == "safe" and waiting.worker["route"] == "urgent-no-preempt"
+        assert "daily preemption cap reached (0 of 0 today" in engine.why_waiting()[urgent.id]
+        start = batches_done(engine, low.id)
+        wait_for(lambda: batches_done(engine, low.id) >= start + 6, 120, "the low job to keep training")
+        assert engine.store.job(low.id).preemptions == 0 and engine.store.job(low.id).state is JobState.RUNNING
+        assert engine.store.job(urgent.id).state is JobState.STARTING  # still pending in Slurm
+    finally:
+        engine.shutdown()  # the cluster fixture cancels what is left in Slurm
+
+
+def test_a_job_preempted_the_limit_times_is_moved_where_slurm_cannot_preempt_it_again(tmp_path, cluster,
+                                                                                       tiny_dataset):
+    engine = slurm_engine(tmp_path, cluster, settings={"max_preemptions_per_job": 1}).start()
+    try:
+        low = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        wait_for(lambda: batches_done(engine, low.id) >= 2, 120, "the low job to train on Slurm")
+        short = {**on_slurm(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
+                 "train_args": {**TINY_TRAIN_ARGS, "epochs": 1}}
+        first = engine.ops.submit(**short, operator="carol", reason="line 3 crack escapes")
+        wait_for(lambda: engine.store.job(low.id).preemptions == 1, 60, "Slurm to preempt the low job")
+        moved = wait_for(lambda: (j := engine.store.job(low.id)).worker.get("partition") == "safe" and j, 30,
+                         "the protected job to move to the safe partition")
+        assert moved.worker["route"] == "protected"
+        wait_for(lambda: engine.store.job(first.id).state is JobState.FINISHED, 180, "the first urgent job")
+        wait_for(lambda: engine.store.job(low.id).state is JobState.RUNNING, 120, "the low job to resume")
+
+        second = engine.ops.submit(**on_slurm(tiny_dataset, "line 4 retrain", "urgent", owner="carol"),
+                                   operator="carol", reason="line 4 crack escapes")
+        wait_for(lambda: engine.store.job(second.id).worker, 30, "the second urgent job's sbatch")
+        assert engine.store.job(second.id).worker["partition"] == "high"  # the cap has room: it may preempt
+        start = batches_done(engine, low.id)
+        wait_for(lambda: batches_done(engine, low.id) >= start + 6, 120, "the protected job to keep training")
+        assert engine.store.job(low.id).preemptions == 1 and engine.store.job(second.id).state is JobState.STARTING
     finally:
         engine.shutdown()
