@@ -30,8 +30,8 @@ from typing import Any
 
 from . import cluster_policy, paths, policy, protocol, runlock
 from .devices import Device, DeviceMonitor
-from .events import EventTail, iter_events, stream_size
-from .executor import STOP_CANCELLED, STOP_REQUEUED, Executor, LaunchRequest, WorkerHandle
+from .events import STREAM_END, EventTail, iter_events, stream_size
+from .executor import STOP_CANCELLED, STOP_REQUEUED, STOP_UNKNOWN, Executor, LaunchRequest, WorkerHandle
 from .jobs import JobEvent, JobState, Priority
 from .local_executor import LocalExecutor
 from .pooled_executor import PooledExecutor
@@ -45,6 +45,7 @@ log = logging.getLogger("cutline.engine")
 
 ENGINE_LOCK_FILE = "engine.lock"
 ENGINE_OPERATOR = "cutline-engine"
+ASK_CLUSTER_EVERY_S = 1.0  # while a cluster has not said why it stopped a worker
 FULL_DECIDE_EVERY_S = 2.0  # aging and protection change with time alone
 RETRY_LAUNCH_S = 10.0      # a cluster that refused a job is asked again after this long
 
@@ -111,6 +112,7 @@ class Engine:
         self.tails: dict[int, EventTail] = {}
         self.outcomes: dict[int, dict] = {}          # job id -> its run's last terminal event
         self.held_events: dict[int, list[dict]] = {}  # job id -> events waiting on the cluster's answer
+        self._ask_cluster_after: dict[int, float] = {}  # job id -> monotonic time of the next question
         self.listeners: list[Callable[[str, Any], None]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -307,7 +309,9 @@ class Engine:
     def _observe(self) -> None:
         for job_id in list(self.handles):
             events = self.held_events.pop(job_id, []) + self.tails[job_id].read_new()
-            if events:
+            if events and time.monotonic() < self._ask_cluster_after.get(job_id, 0):
+                self.held_events[job_id] = events  # asked the cluster a moment ago: not every tick
+            elif events:
                 self._apply_events(job_id, events)
             ended = self.executor.poll(self.handles[job_id])
             if ended is not None:
@@ -356,12 +360,17 @@ class Engine:
                 elif job.state.is_active:
                     restarted = any(e.get("event") == "started" for e in events[index + 1:])
                     cause = STOP_REQUEUED if restarted else self.executor.stop_cause(self.handles[job_id], final)
+                    try:
+                        if cause == STOP_REQUEUED:
+                            job = self._cluster_preempted(job_id, event)
+                    except StaleState:
+                        cause = None  # an operator acted meanwhile: look again next tick
                     if cause is None:
-                        self.held_events[job_id] = events[index:]  # the cluster has not decided yet
+                        # The cluster has not decided yet: keep this event and those after it, in order.
+                        self.held_events[job_id] = events[index:]
+                        self._ask_cluster_after[job_id] = time.monotonic() + ASK_CLUSTER_EVERY_S
                         break
-                    if cause == STOP_REQUEUED:
-                        job = self._cluster_preempted(job, event)
-                    else:  # it will not run again by itself; settle it when it leaves the queue
+                    if cause != STOP_REQUEUED:  # it will not run again by itself: settle it when it leaves the queue
                         self.outcomes[job_id] = {**event, "stop_cause": cause}
             elif kind in ("preempted", "finished", "failed"):
                 self.outcomes[job_id] = event
@@ -375,6 +384,13 @@ class Engine:
         The read and the write are one transaction, so an operator's pause or cancel arriving at the
         same moment (another thread, the CLI) is either seen here or waits for it."""
         outcome = self.outcomes.get(job_id)
+        handle = self.handles.get(job_id)
+        if outcome is None and returncode is None and handle is not None and self.executor.is_cluster(handle):
+            # Gone from the cluster without a word from its worker (cancelled while pending, or
+            # killed before it could checkpoint): ask why before deciding (outside the transaction).
+            cause = self.executor.stop_cause(handle, final=True)
+            if cause in (STOP_CANCELLED, STOP_UNKNOWN):
+                outcome = {"stop_cause": cause}
         with self.store.transaction():
             job = self.store.job(job_id)
             if not job.state.is_active:
@@ -387,6 +403,7 @@ class Engine:
         self.tails.pop(job_id, None)
         self.outcomes.pop(job_id, None)
         self.held_events.pop(job_id, None)
+        self._ask_cluster_after.pop(job_id, None)
         if done is not None:
             if done.state is JobState.PAUSED:
                 with self.store.lock:
@@ -434,8 +451,8 @@ class Engine:
                                          ended_at=now, error=error, stop_target=None, **released)
             self._notify(done, "failed", f"Your job {job.id} ({job.name}) failed: {error[:300]}")
             return done
-        if (outcome or {}).get("stop_cause") == STOP_CANCELLED and not job.stop_target:
-            return self._cancelled_on_cluster(job, released, now)
+        if (outcome or {}).get("stop_cause") in (STOP_CANCELLED, STOP_UNKNOWN) and not job.stop_target:
+            return self._cancelled_on_cluster(job, released, now, outcome["stop_cause"])
         target = JobState(job.stop_target) if job.stop_target else JobState.QUEUED
         lost = kind not in ("preempted", "failed") and job.killed_at is None and job.state is not JobState.PREEMPTING
         values: dict[str, Any] = dict(released, waiting_since=now, stop_target=None, stop_reason=None)
@@ -493,7 +510,8 @@ class Engine:
             # A cluster pool schedules itself: hand it every job queued for it, in queue order,
             # placed where the daily cap and protection hold (the cluster picks the victims).
             rules = self.settings.rules(self.ops.preemptions_today(now))
-            placements = cluster_policy.place(self.ops.pool_job_views(), rules)
+            sent = [str(job_id) for job_id, h in self.handles.items() if h.record.get("route") == Priority.URGENT.label]
+            placements = cluster_policy.place(self.ops.pool_job_views(), rules, sent_to_preempt=sent)
             for job in self.ops.queue():
                 if (job.state is JobState.QUEUED and job.device_kind in self.pools
                         and self._retry_after.get(job.id, 0) <= now):
@@ -558,25 +576,34 @@ class Engine:
             moved_up = job.queue_rank < handle.record.get("rank", job.queue_rank) and \
                 job.priority.label == handle.record.get("class", job.priority.label)
             handle.record["rank"], handle.record["class"] = job.queue_rank, job.priority.label
+            before = dict(handle.record)
             try:
                 note = self.executor.update_route(handle, placement.route)
                 if moved_up:
                     note = self.executor.move_up(handle)
             except Exception as e:
                 note = f"could not change its place in {self.executor.for_handle(handle).name}: {e}"
-            note = "; ".join(n for n in (placement.reason, note) if n) or None
-            if note and note != handle.record.get("note"):
+            if note:  # what the cluster did last: kept until it does something else
                 handle.record["note"] = note
+            handle.record["placement"] = placement.reason  # why it waits where it does: current only
+            if handle.record != before:
                 self.store.update(job_id, worker=handle.record)
+            if handle.record.get("route") != placement.route and job.state is JobState.STARTING:
+                self._dirty = True  # not moved yet (the cluster still had it running): try next tick
 
-    def _cluster_preempted(self, job: JobRecord, event: dict) -> JobRecord:
+    def _cluster_preempted(self, job_id: int, event: dict) -> JobRecord:
         """The cluster preempted this job and requeued it (same cluster job): record it like one
-        of our own preemptions (audit, owner notified) and follow the requeued job."""
-        handle = self.handles[job.id]
+        of our own preemptions (audit, owner notified) and follow the requeued job. Raises
+        StaleState if an operator stopped the job meanwhile."""
+        handle = self.handles[job_id]
         cluster = self.executor.for_handle(handle).name
+        job = self.store.job(job_id)
         urgent = [j for j in self.store.jobs(set(ACTIVE)) if j.priority is Priority.URGENT and j.id != job.id
                   and j.device_kind == job.device_kind]
         with self.store.transaction():
+            job = self.store.job(job_id)
+            if job.stop_target or not job.state.is_active:
+                raise StaleState(f"job {job_id} changed while its cluster stop was being decided")
             self.audit.append(
                 "preempt", operator=cluster,
                 reason=f"{cluster} preempted job {job.id} for higher-priority work and requeued it",
@@ -588,23 +615,31 @@ class Engine:
                                         detail=f"preempted and requeued by {cluster}",
                                         preemptions=job.preemptions + 1, waiting_since=time.time(),
                                         running_since=None)
+            # The next run's events start after this line: a restarted engine must not count
+            # this preemption again.
             job = self.store.transition(job.id, JobEvent.DISPATCH, expect=JobState.QUEUED,
                                         detail=f"requeued by {cluster} as the same job",
-                                        device_id=job.device_kind, running_since=time.time())
+                                        device_id=job.device_kind, running_since=time.time(),
+                                        events_offset=event.get(STREAM_END, job.events_offset))
             self.store.notify(job.owner, job.id, "preempted",
                               f"Your job {job.id} ({job.name}) was preempted by {cluster} at epoch "
                               f"{(job.epoch or 0) + 1}, batch {job.batch or 0}; it is requeued and resumes from its checkpoint.")
         with self.store.lock:
             self.audit.flush_anchor()
+        self._dirty = True  # its placement may change now (protection): follow it this tick
         return job
 
-    def _cancelled_on_cluster(self, job: JobRecord, released: dict, now: float) -> JobRecord:
-        """Someone cancelled the job on the cluster, outside Cutline (an administrator's scancel).
-        Running it again would overrule them, and failing it would discard its progress: pause it
-        with its checkpoint, audited, so its owner or an operator decides whether it resumes."""
+    def _cancelled_on_cluster(self, job: JobRecord, released: dict, now: float, cause: str) -> JobRecord:
+        """Someone cancelled the job on the cluster, outside Cutline (an administrator's scancel),
+        or it left the cluster and the cluster no longer knows why. Running it again would overrule
+        them, and failing it would discard its progress: pause it with its checkpoint, audited, so
+        its owner or an operator decides whether it resumes."""
         cluster = self.executor.for_record(job.worker).name
-        where = f"epoch {(job.epoch or 0) + 1}, batch {job.batch or 0}"
-        reason = f"cancelled on {cluster} outside Cutline (scancel); paused with its checkpoint at {where}"
+        what = (f"cancelled on {cluster} outside Cutline (scancel)" if cause == STOP_CANCELLED else
+                f"gone from {cluster} without its worker saying why, and {cluster} no longer knows")
+        kept = (f"paused with its checkpoint at epoch {(job.epoch or 0) + 1}, batch {job.batch or 0}"
+                if job.checkpoint else "paused (it had no checkpoint yet)")
+        reason = f"{what}; {kept}"
         with self.store.transaction():
             self.audit.append("pause", operator=cluster, reason=reason, job_id=job.id,
                               details={"victim": victim_details(job), "cluster_job": job.worker})
@@ -648,7 +683,7 @@ class Engine:
             self._launch_failed(job.id, f"could not start its worker: {e}", retry=getattr(e, "retryable", False))
             return
         if placement is not None and placement.reason:
-            handle.record["note"] = placement.reason
+            handle.record["placement"] = placement.reason
         job = self.store.update(job.id, worker=handle.record, error=None)
         self._retry_after.pop(job.id, None)
         self._track(job, handle)
@@ -717,9 +752,12 @@ class Engine:
                     report.append(f"job {job.id}: adopted its live worker ({where})")
                     continue
             events = list(_events_since(Path(job.run_dir) / protocol.EVENTS_FILE, job.events_offset))
-            self.handles[job.id] = WorkerHandle(job.id, {})
+            # A dead local worker's pid means nothing now; a cluster job's id lets the cluster say
+            # why it is gone (an administrator's scancel while Cutline was closed).
+            cluster = record is not None and self.executor.is_cluster(record)
+            self.handles[job.id] = WorkerHandle(job.id, dict(record) if cluster else {})
             self.tails[job.id] = EventTail(Path(job.run_dir) / protocol.EVENTS_FILE, offset=job.events_offset)
-            self._apply_events(job.id, self.tails[job.id].read_new())
+            self._apply_events(job.id, self.tails[job.id].read_new(), final=True)
             if job.worker is None and not events:
                 # Crashed between choosing a device and starting the worker: nothing ran.
                 self.handles.pop(job.id)

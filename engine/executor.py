@@ -47,7 +47,7 @@ class WorkerExit:
     returncode: int | None   # None when the executor cannot know it (an adopted worker)
 
 
-STOP_REQUEUED, STOP_CANCELLED, STOP_ENDED = "requeued", "cancelled", "ended"
+STOP_REQUEUED, STOP_CANCELLED, STOP_ENDED, STOP_UNKNOWN = "requeued", "cancelled", "ended", "unknown"
 
 
 class ExecutorError(RuntimeError):
@@ -101,8 +101,9 @@ class Executor(abc.ABC):
         """Why a self-scheduling cluster stopped a worker the engine did not ask to stop:
         STOP_REQUEUED (it preempted the job and will run the same cluster job again),
         STOP_CANCELLED (someone cancelled it on the cluster, outside Cutline), STOP_ENDED (it left
-        the cluster some other way), or None while the cluster cannot tell yet. `final`: the job
-        has left the cluster's queue, so an answer is needed now."""
+        the cluster some other way), STOP_UNKNOWN (it has left and the cluster no longer knows it),
+        or None while the cluster cannot tell yet. `final`: the job has left the cluster's queue,
+        so an answer is needed now."""
         return STOP_REQUEUED
 
     def update_route(self, handle: WorkerHandle, route: str) -> str | None:

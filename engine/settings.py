@@ -6,8 +6,11 @@ import dataclasses
 import math
 from typing import Any
 
-from .cluster_policy import ROUTES
+from .cluster_policy import ROUTE_PROTECTED, ROUTE_URGENT_NO_PREEMPT, ROUTES
 from .policy import Rules
+
+
+OPTIONAL_ROUTES = (ROUTE_PROTECTED, ROUTE_URGENT_NO_PREEMPT)  # a cluster may have no such partition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +87,10 @@ class EngineSettings:
             out.append("api_host: must be an address such as 127.0.0.1")
         if self.slurm_partitions is not None and (
                 not isinstance(self.slurm_partitions, dict) or not set(self.slurm_partitions) <= set(ROUTES)
-                or not all(v is None or (isinstance(v, str) and v.strip()) for v in self.slurm_partitions.values())):
-            out.append(f"slurm_partitions: a mapping from {'/'.join(ROUTES)} to partition names")
+                or not all((isinstance(v, str) and v.strip()) or (v is None and k in OPTIONAL_ROUTES)
+                           for k, v in self.slurm_partitions.items())):
+            out.append(f"slurm_partitions: a mapping from {'/'.join(ROUTES)} to partition names "
+                       f"(only {' and '.join(OPTIONAL_ROUTES)} may be none)")
         for name in ("warm_standby", "keep_final_state", "api_enabled", "slurm_enabled"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name}: must be true or false")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .executor import (STOP_CANCELLED, STOP_ENDED, STOP_REQUEUED, Executor, ExecutorError, LaunchRequest,
-                       WorkerExit, WorkerHandle)
+from .executor import (STOP_CANCELLED, STOP_ENDED, STOP_REQUEUED, STOP_UNKNOWN, Executor, ExecutorError,
+                       LaunchRequest, WorkerExit, WorkerHandle)
 from .cluster_policy import ROUTE_PROTECTED, ROUTE_URGENT_NO_PREEMPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +94,9 @@ class SlurmExecutor(Executor):
             partition = self.partitions[ROUTE_URGENT_NO_PREEMPT] or self.partitions[ROUTE_PROTECTED]
             if partition:
                 return partition, None
-            return self.partitions["high"], ("no protected partition is configured (slurm_partitions: protected): "
-                                             "it waits in the high class's partition")
+            fallback = self.partitions["high"]
+            return fallback, ("no protected partition is configured (slurm_partitions: protected): it waits in "
+                              f"partition {fallback}, where a later urgent job may preempt it")
         return self.partitions[route], None
 
     # ------------------------------------------------------------------ launch
@@ -244,8 +245,11 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         CANCELLED, at once."""
         try:
             fields = self._job_fields(handle)
-        except ExecutorError:
-            return STOP_ENDED if final else None  # cannot ask now; gone for good: Cutline requeues it
+        except ExecutorError as e:
+            if not final:
+                return None  # cannot ask now: next tick
+            # Purged from slurmctld's memory (MinJobAge) while Cutline was away: no one can say why.
+            return STOP_UNKNOWN if getattr(e, "unknown_job", False) else STOP_ENDED
         state = fields.get("JobState", "")
         if state == "CANCELLED":
             return STOP_CANCELLED
@@ -304,7 +308,7 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         if state is None:
             return f"Slurm does not answer: {reason}"
         if state == "PENDING":
-            note = f"; {handle.record['note']}" if handle.record.get("note") else ""
+            note = "".join(f"; {handle.record[k]}" for k in ("placement", "note") if handle.record.get(k))
             return (f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), "
                     f"partition {handle.record.get('partition')}{note}")
         return None

@@ -43,6 +43,23 @@ def test_an_urgent_job_already_running_costs_nothing_more_and_keeps_its_route():
         "running": "urgent", "waiting": ROUTE_URGENT_NO_PREEMPT}
 
 
+def test_a_paused_urgent_job_takes_no_share_of_the_cap():
+    jobs = [job("paused", "urgent", JobState.PAUSED, rank=1), job("waiting", "urgent", rank=2)]
+    assert routes(jobs, daily_preemption_cap=1) == {"paused": "urgent", "waiting": "urgent"}
+
+
+def test_a_job_already_sent_to_preempt_keeps_its_route_and_its_share_of_the_cap():
+    # Its victim's preemption is now counted too (1 of 1 today): it must not be taken back to the
+    # no-preempt route while it waits for the node it freed, and a later urgent job gets no room.
+    jobs = [job("sent", "urgent", JobState.STARTING, rank=1), job("later", "urgent", rank=2)]
+    assert routes(jobs, daily_preemption_cap=1, preemptions_today=1) == {
+        "sent": ROUTE_URGENT_NO_PREEMPT, "later": ROUTE_URGENT_NO_PREEMPT}
+    placed = place(jobs, Rules(daily_preemption_cap=1, preemptions_today=1), sent_to_preempt={"sent"})
+    assert {j: p.route for j, p in placed.items()} == {"sent": "urgent", "later": ROUTE_URGENT_NO_PREEMPT}
+    placed = place(jobs, Rules(daily_preemption_cap=2), sent_to_preempt={"sent"})
+    assert {j: p.route for j, p in placed.items()} == {"sent": "urgent", "later": "urgent"}
+
+
 def test_a_job_preempted_the_limit_times_is_protected():
     jobs = [job("twice", "low", JobState.STARTING, preemptions=2), job("once", "low", preemptions=1)]
     placed = place(jobs, Rules(max_preemptions_per_job=2))
@@ -56,22 +73,30 @@ def test_a_cap_of_zero_means_no_urgent_job_preempts():
 
 @given(
     st.lists(st.tuples(st.sampled_from([p.label for p in Priority]),
-                       st.sampled_from([JobState.QUEUED, JobState.STARTING, JobState.RUNNING]),
-                       st.integers(0, 4)), max_size=12),
+                       st.sampled_from([JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.PAUSED]),
+                       st.integers(0, 4), st.booleans()), max_size=12),
     st.integers(0, 5), st.integers(0, 6), st.integers(1, 4),
 )
 def test_waiting_urgent_jobs_allowed_to_preempt_never_exceed_the_cap_left(specs, cap, today, limit):
-    jobs = [job(str(i), prio, state, rank=i, preemptions=n) for i, (prio, state, n) in enumerate(specs)]
-    placed = place(jobs, Rules(daily_preemption_cap=cap, preemptions_today=today, max_preemptions_per_job=limit))
+    jobs = [job(str(i), prio, state, rank=i, preemptions=n) for i, (prio, state, n, _) in enumerate(specs)]
+    sent = {j.id for j, (prio, state, _, s) in zip(jobs, specs)
+            if s and prio == "urgent" and state in (JobState.STARTING, JobState.RUNNING)}
+    placed = place(jobs, Rules(daily_preemption_cap=cap, preemptions_today=today, max_preemptions_per_job=limit),
+                   sent_to_preempt=sent)
     assert set(placed) == {j.id for j in jobs}
-    may_preempt = [j for j in jobs if j.state is not JobState.RUNNING and placed[j.id].route == "urgent"]
-    assert len(may_preempt) <= max(0, cap - today)
-    for j in jobs:  # the earliest urgent jobs get the room; nothing else is ever routed to preempt
-        if j.priority is not Priority.URGENT:
+    waiting = (JobState.QUEUED, JobState.STARTING)
+    newly_sent = [j for j in jobs if j.state in waiting and j.id not in sent and placed[j.id].route == "urgent"]
+    already = sum(1 for j in jobs if j.state in waiting and j.id in sent)
+    assert len(newly_sent) <= max(0, cap - today - already)
+    for j in jobs:
+        if j.id in sent:
+            assert placed[j.id].route == "urgent"  # never taken back
+        if j.priority is not Priority.URGENT:  # nothing else is ever routed to preempt
             assert placed[j.id].route in (j.priority.label, ROUTE_PROTECTED)
             assert (placed[j.id].route == ROUTE_PROTECTED) == (j.preemptions >= limit)
-    waiting_urgent = [j for j in jobs if j.priority is Priority.URGENT and j.state is not JobState.RUNNING]
-    flags = [placed[j.id].route == "urgent" for j in waiting_urgent]
+    # the earliest waiting urgent jobs get the room
+    candidates = [j for j in jobs if j.priority is Priority.URGENT and j.state in waiting and j.id not in sent]
+    flags = [placed[j.id].route == "urgent" for j in candidates]
     assert flags == sorted(flags, reverse=True)
 
 

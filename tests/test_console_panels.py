@@ -2,6 +2,7 @@
 (offscreen Qt, no training: the store's own transitions put a job on a device)."""
 import csv
 import sqlite3
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
@@ -222,3 +223,25 @@ def test_plot_history_and_live_events_overlap_without_repeating_a_batch(tmp_path
     xs, _ = series.losses["box_loss"]
     assert xs == [(i + 1) / 8 for i in range(5)]
     assert series.runs == 1
+
+
+def test_job_log_shows_each_event_once_when_history_and_live_copies_overlap(qtbot, engine, tiny_dataset):
+    from console.job_details import JobDetails
+    from engine.events import EventTail, EventWriter
+
+    job = engine.ops.submit(**tiny_job(tiny_dataset, "nightly experiment", "low"))
+    events_file = Path(job.run_dir) / "events.jsonl"
+    writer = EventWriter(events_file)
+    engine_tail = EventTail(events_file)
+    writer.emit("started", pid=1)
+    writer.emit("checkpoint", path="weights/resume.pt", reason="safety", epoch=0, batch=4)
+    details = JobDetails(engine)
+    qtbot.addWidget(details)
+    details.show_job(job.id)                 # reads both lines from disk
+    writer.emit("preempted", checkpoint="weights/resume.pt")
+    for event in engine_tail.read_new():     # the engine publishes all three afterwards
+        details.add_event({"job_id": job.id, **event})
+    writer.close()
+    lines = details.log.toPlainText().splitlines()
+    assert [line.split()[1] for line in lines] == ["started", "checkpoint", "preempted"]
+    assert "stream_end" not in details.log.toPlainText()

@@ -198,6 +198,14 @@ def test_a_job_preempted_the_limit_times_is_moved_where_slurm_cannot_preempt_it_
         moved = wait_for(lambda: (j := engine.store.job(low.id)).worker.get("partition") == "safe" and j, 30,
                          "the protected job to move to the safe partition")
         assert moved.worker["route"] == "protected"
+
+        # Cutline closes and reopens: cluster jobs keep their places, and the preemption it already
+        # recorded is not read again from the event stream (it would count twice against the cap).
+        engine.shutdown()
+        engine = slurm_engine(tmp_path, cluster, settings={"max_preemptions_per_job": 1}).start()
+        time.sleep(2)  # some engine ticks over the adopted jobs' event streams
+        assert engine.store.job(low.id).preemptions == 1
+        assert [e.kind for e in engine.audit.entries()].count("preempt") == 1
         wait_for(lambda: engine.store.job(first.id).state is JobState.FINISHED, 180, "the first urgent job")
         wait_for(lambda: engine.store.job(low.id).state is JobState.RUNNING, 120, "the low job to resume")
 
@@ -208,5 +216,30 @@ def test_a_job_preempted_the_limit_times_is_moved_where_slurm_cannot_preempt_it_
         start = batches_done(engine, low.id)
         wait_for(lambda: batches_done(engine, low.id) >= start + 6, 120, "the protected job to keep training")
         assert engine.store.job(low.id).preemptions == 1 and engine.store.job(second.id).state is JobState.STARTING
+    finally:
+        engine.shutdown()
+
+
+def test_a_job_cancelled_on_the_cluster_while_cutline_was_closed_is_paused_at_the_next_start(
+        tmp_path, cluster, tiny_dataset):
+    engine = slurm_engine(tmp_path, cluster).start()
+    job = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
+    wait_for(lambda: (engine.store.job(job.id).batch or 0) >= 2, 120, "the job to train on Slurm")
+    slurm_id = engine.store.job(job.id).worker["slurm_job_id"]
+    engine.shutdown()  # cluster jobs keep running while Cutline is closed
+
+    slurm_env = {**os.environ, **cluster.env}
+    subprocess.run(["scancel", slurm_id], env=slurm_env, check=True)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", slurm_id], env=slurm_env, capture_output=True,
+                                        text=True).stdout.strip(), 60, "the job to leave Slurm's queue")
+    engine = slurm_engine(tmp_path, cluster).start()
+    try:
+        paused = engine.store.job(job.id)
+        assert paused.state is JobState.PAUSED and paused.lost_workers == 0, engine.recovery_report
+        assert paused.checkpoint and run_events(paused.run_dir, "preempted")
+        entry = engine.audit.entries()[-1]
+        assert (entry.kind, entry.operator) == ("pause", "slurm") and "scancel" in entry.reason
+        time.sleep(2)
+        assert engine.store.job(job.id).state is JobState.PAUSED  # not resubmitted
     finally:
         engine.shutdown()
