@@ -53,6 +53,10 @@ def console_main(argv: list[str]) -> int:
     parser.add_argument("--scenario", choices=["demo", "emergency"], default="demo",
                         help="with --screenshot: demo = the demo jobs train; emergency = an emergency retrain "
                              "preempts the running job halfway through")
+    parser.add_argument("--tab", default="plots",
+                        choices=["plots", "details", "audit", "notifications", "schedules", "alerts", "all"],
+                        help="with --screenshot: the tab shown below the queue; all = one PNG per tab "
+                             "(out-plots.png, out-audit.png, ...)")
     parser.add_argument("--size", default="1600x1000", help="with --screenshot: window size, e.g. 1920x1080")
     args = parser.parse_args(argv)
     if args.cpu_slots < 1:

@@ -171,11 +171,12 @@ class AlertsView(QWidget):
         bottom.addWidget(self._build_api())
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
+        bottom.setSizes([600, 400])  # the editor is where the work is
         self.bottom_splitter = bottom
         self.splitter.addWidget(bottom)
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 2)
-        self.splitter.setSizes([240, 360])
+        self.splitter.setSizes([170, 430])
         layout.addWidget(self.splitter)
 
         # New deliveries show up while the tab is open (the main window refreshes it on selection).
@@ -258,10 +259,11 @@ class AlertsView(QWidget):
         self.problems_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.problems_label.hide()
         v.addWidget(self.problems_label)
-        buttons = QHBoxLayout()
-        self.rules_status = QLabel()
+        self.rules_status = QLabel()  # on its own line: a sentence, not squeezed beside the buttons
         self.rules_status.setWordWrap(True)
-        buttons.addWidget(self.rules_status, 1)
+        v.addWidget(self.rules_status)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
         self.validate_button = QPushButton("Validate")
         self.validate_button.setToolTip("Check the rules without saving them")
         self.validate_button.clicked.connect(self.validate)

@@ -49,6 +49,19 @@ def run_console(args: argparse.Namespace) -> int:
     return app.exec()
 
 
+TABS = ("plots", "details", "audit", "notifications", "schedules", "alerts")
+
+
+def screenshot_targets(path: str, tab: str) -> list[tuple[str, str]]:
+    """(tab, file) pairs to render: one tab into `path`, or every tab into `path`'s stem + "-<tab>"."""
+    if tab != "all":
+        return [(tab, path)]
+    stem, dot, suffix = path.rpartition(".")
+    if not dot:
+        stem, suffix = path, "png"
+    return [(name, f"{stem}-{name}.{suffix}") for name in TABS]
+
+
 def _screenshot(app: QApplication, window, engine, args) -> int:
     """Render the window after `--after` seconds of the scenario to a PNG, then quit: the README
     picture and visual checks. Scenario `emergency` fires an emergency retrain halfway through."""
@@ -73,8 +86,11 @@ def _screenshot(app: QApplication, window, engine, args) -> int:
 
     def capture() -> None:
         window.refresh()
-        window.grab().save(args.screenshot)
-        print(f"saved {args.screenshot}")
+        for tab, path in screenshot_targets(args.screenshot, getattr(args, "tab", "plots")):
+            window.show_tab(tab)
+            app.processEvents()
+            window.grab().save(path)
+            print(f"saved {path}")
         window.close()
         app.quit()
 

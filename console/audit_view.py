@@ -54,6 +54,7 @@ KIND_COLOURS = {
 }
 KIND_LABELS = {"emergency": "EMERGENCY", "jump": "JUMP", "priority": "PRIORITY ↑", "preempt": "PREEMPT"}
 MAX_PASSED_SHOWN = 6
+MAX_ROW_LINES = 4       # a long reason wraps this far; the row's tooltip holds all of it
 WRAP_ROWS_UP_TO = 500  # beyond this many rows, rows stay one line (fitting each costs)
 _ENTRY_REF = re.compile(r"entr(?:y|ies) (\d+)(?:-(\d+))?")
 
@@ -270,15 +271,17 @@ class AuditModel(QAbstractTableModel):
 
 
 class _RowDelegate(QStyledItemDelegate):
-    """Rows at least `min_height` tall, with breathing room around wrapped text."""
+    """Rows at least `min_height` tall, with breathing room around wrapped text, and at most
+    `max_lines` of text (the whole entry is in the row's tooltip)."""
 
-    def __init__(self, min_height: int, parent=None) -> None:
+    def __init__(self, min_height: int, max_lines: int, parent=None) -> None:
         super().__init__(parent)
         self.min_height = min_height
+        self.max_height = parent.fontMetrics().lineSpacing() * max_lines + 12
 
     def sizeHint(self, option, index) -> QSize:
         size = super().sizeHint(option, index)
-        return QSize(size.width(), max(size.height() + 10, self.min_height))
+        return QSize(size.width(), max(min(size.height() + 10, self.max_height), self.min_height))
 
 
 class AuditView(QWidget):
@@ -335,15 +338,17 @@ class AuditView(QWidget):
         self.table.verticalHeader().hide()
         row_height = self.fontMetrics().height() + 14
         self.table.verticalHeader().setDefaultSectionSize(row_height)
-        self.table.setItemDelegate(_RowDelegate(row_height, self.table))
+        self.table.setItemDelegate(_RowDelegate(row_height, MAX_ROW_LINES, self.table))
         header = self.table.horizontalHeader()
         header.setHighlightSections(False)
         header.setSectionResizeMode(QHeaderView.Interactive)
-        header.setStretchLastSection(True)
+        # The reason and the victims share whatever the window leaves: no sideways scrolling.
+        header.setSectionResizeMode(REASON_COL, QHeaderView.Stretch)
+        header.setSectionResizeMode(VICTIMS_COL, QHeaderView.Stretch)
+        header.setStretchLastSection(False)
         header.setDefaultAlignment(Qt.AlignLeft | Qt.AlignVCenter)
         time_width = self.table.fontMetrics().horizontalAdvance("✖ 2026-12-31 23:59:59") * 1.1 + 16  # bold fits
-        for col, width in ((TIME_COL, int(time_width)), (KIND_COL, 125), (OPERATOR_COL, 110), (JOB_COL, 220),
-                           (REASON_COL, 340)):
+        for col, width in ((TIME_COL, int(time_width)), (KIND_COL, 120), (OPERATOR_COL, 100), (JOB_COL, 190)):
             self.table.setColumnWidth(col, width)
         layout.addWidget(self.table, 1)
         # Long reasons and victim lists wrap: rows fit their text (re-fitted when a column resizes).

@@ -10,14 +10,12 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import QByteArray, QItemSelectionModel, QSettings, QSize, Qt, QTimer
-from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter, QPalette
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QApplication,
     QComboBox,
     QDockWidget,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QMainWindow,
@@ -25,8 +23,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QSplitter,
     QStyle,
-    QStyledItemDelegate,
-    QTableView,
     QTabWidget,
     QToolBar,
     QVBoxLayout,
@@ -50,61 +46,11 @@ from .jump_dialog import JumpDialog, JumpPlan
 from .notifications_view import NotificationsView
 from .plots import PlotsPanel
 from .schedules_view import SchedulesView
-from .queue_model import COL, COLUMNS, PROGRESS_ROLE, QueueModel
+from .queue_model import COLUMNS, QueueModel
+from .queue_view import QueueView
 from .submit_dialog import SubmitDialog
 
 REFRESH_MS = 250
-
-
-class ProgressDelegate(QStyledItemDelegate):
-    """A slim progress bar under the epoch/batch text, coloured by the job's state."""
-
-    def paint(self, painter: QPainter, option, index) -> None:
-        value = index.data(PROGRESS_ROLE)
-        text = index.data(Qt.DisplayRole) or ""
-        super().paint(painter, option, index)  # background, selection and the text itself
-        if value is None or not text:
-            return
-        state = index.sibling(index.row(), COL["State"]).data(Qt.DisplayRole) or ""
-        key = "running" if state == "running" else ("paused" if ("paus" in state or "step" in state) else "queued")
-        rect = option.rect.adjusted(6, option.rect.height() - 8, -6, -3)
-        painter.save()
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.setPen(Qt.NoPen)
-        track = QColor(option.palette.color(QPalette.Mid))
-        painter.setBrush(track)
-        painter.drawRoundedRect(rect, 2.5, 2.5)
-        filled = rect.adjusted(0, 0, -int(rect.width() * (1 - max(0.0, min(1.0, float(value))))), 0)
-        painter.setBrush(theme.state_colour(key))
-        painter.drawRoundedRect(filled, 2.5, 2.5)
-        painter.restore()
-
-
-class QueueView(QTableView):
-    def __init__(self, model: QueueModel, parent=None) -> None:
-        super().__init__(parent)
-        self.setModel(model)
-        self.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.setDragEnabled(True)
-        self.setAcceptDrops(True)
-        self.setDropIndicatorShown(True)
-        self.setDragDropMode(QAbstractItemView.InternalMove)
-        self.setDefaultDropAction(Qt.MoveAction)
-        self.setDragDropOverwriteMode(False)
-        self.setAlternatingRowColors(True)
-        self.setShowGrid(False)
-        self.setWordWrap(False)
-        self.verticalHeader().hide()
-        self.verticalHeader().setDefaultSectionSize(34)
-        self.setItemDelegateForColumn(COL["Progress"], ProgressDelegate(self))
-        header = self.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.Interactive)
-        header.setStretchLastSection(True)
-        for name, width in {"#": 36, "ID": 40, "Job": 250, "Owner": 80, "Priority": 86, "State": 150, "Progress": 180,
-                            "mAP50-95": 84, "Device": 62, "Waiting": 70, "Est. start": 80}.items():
-            self.setColumnWidth(COL[name], width)
-        self.setContextMenuPolicy(Qt.CustomContextMenu)
 
 
 class MainWindow(QMainWindow):
@@ -256,10 +202,11 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.setCentralWidget(self.splitter)
 
-        dock = QDockWidget("Devices", self)
+        dock = self.devices_dock = QDockWidget("Devices", self)
         dock.setObjectName("devices-dock")
         dock.setWidget(self.devices_panel)
         dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable)
+        dock.setTitleBarWidget(QWidget())  # the panel's own "Devices" heading is the title
         self.addDockWidget(Qt.RightDockWidgetArea, dock)
         self.resizeDocks([dock], [320], Qt.Horizontal)
 
@@ -335,6 +282,14 @@ class MainWindow(QMainWindow):
         unread = self.notifications.unread
         self.tabs.setTabText(self.tabs.indexOf(self.notifications),
                              f"Notifications ({unread})" if unread else "Notifications")
+
+    def show_tab(self, name: str) -> None:
+        """Bring a tab forward by its lower-case title ("plots", "audit", ...)."""
+        for index in range(self.tabs.count()):
+            if self.tabs.tabText(index).split(" (")[0].lower() == name:
+                self.tabs.setCurrentIndex(index)
+                return
+        raise ValueError(f"no tab named {name!r}")
 
     def _tab_changed(self, index: int) -> None:
         widget = self.tabs.widget(index)
@@ -608,21 +563,28 @@ class MainWindow(QMainWindow):
         if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
         state = self.qsettings.value("window_state")
-        if isinstance(state, QByteArray):
-            self.restoreState(state)
-        header = self.qsettings.value(f"queue_header/{len(COLUMNS)}")
-        if isinstance(header, QByteArray):
+        self._dock_sized = isinstance(state, QByteArray) and self.restoreState(state)
+        header = self.qsettings.value(f"queue_header/v2/{len(COLUMNS)}")
+        if isinstance(header, QByteArray) and self.qsettings.value("queue_header/sized_by_hand", False, type=bool):
             self.queue_view.horizontalHeader().restoreState(header)
+            self.queue_view.auto_fit = False
         splitter = self.qsettings.value("splitter")
         if isinstance(splitter, QByteArray):
             self.splitter.restoreState(splitter)
         else:
             self.splitter.setSizes([420, 420])
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._dock_sized:  # first show without a saved layout: a narrower column on small screens
+            self._dock_sized = True
+            self.resizeDocks([self.devices_dock], [280 if self.width() < 1440 else 320], Qt.Horizontal)
+
     def save_layout(self) -> None:
         self.qsettings.setValue("geometry", self.saveGeometry())
         self.qsettings.setValue("window_state", self.saveState())
-        self.qsettings.setValue(f"queue_header/{len(COLUMNS)}", self.queue_view.horizontalHeader().saveState())
+        self.qsettings.setValue(f"queue_header/v2/{len(COLUMNS)}", self.queue_view.horizontalHeader().saveState())
+        self.qsettings.setValue("queue_header/sized_by_hand", not self.queue_view.auto_fit)
         self.qsettings.setValue("splitter", self.splitter.saveState())
 
     # ------------------------------------------------------------------ closing

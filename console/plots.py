@@ -111,6 +111,12 @@ class PlotsPanel(QWidget):
                 plot.getAxis(axis).setPen(foreground)
                 plot.getAxis(axis).setTextPen(foreground)
             plot.setTitle(plot.titleLabel.text, color=foreground)
+            # An opaque-ish legend box, so its labels never read as part of the curves under it.
+            box = pg.mkColor(background)
+            box.setAlpha(215)
+            plot.legend.setBrush(box)
+            plot.legend.setPen(pg.mkPen(foreground, width=0.5))
+            plot.legend.setLabelTextColor(foreground)
 
     # ------------------------------------------------------------------ selection and data
 

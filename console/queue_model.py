@@ -17,7 +17,7 @@ from engine.store import JobRecord
 from . import theme
 
 MIME = "application/x-cutline-job-ids"
-COLUMNS = ("#", "ID", "Job", "Owner", "Priority", "State", "Progress", "mAP50-95", "Device", "Waiting", "Est. start", "Why")
+COLUMNS = ("ID", "Job", "Owner", "Priority", "State", "Progress", "mAP50-95", "Device", "Waiting", "Starts", "Why")
 COL = {name: i for i, name in enumerate(COLUMNS)}
 PROGRESS_ROLE = Qt.UserRole + 1
 JOB_ID_ROLE = Qt.UserRole + 2
@@ -42,6 +42,7 @@ class QueueModel(QAbstractTableModel):
         self.waiting: dict[int, str] = {}
         self.waits: dict[int, float | None] = {}
         self.seconds_per_batch: dict[int, float] = {}
+        self.places: dict[int, int] = {}       # job id -> place in the whole queue (1 = next)
         self._last_batch: dict[int, float] = {}
 
     # ------------------------------------------------------------------ data
@@ -58,11 +59,13 @@ class QueueModel(QAbstractTableModel):
         except Exception:  # a broken snapshot must not blank the queue
             self.waiting = {}
         self.waits = estimated_waits(queue, len(self.engine.devices), self.seconds_per_batch)
+        self.places = {job.id: place for place, job in enumerate(queue, start=1)}  # filters never renumber
         rows = [j for j in queue + ended if self._visible(j)]
         if [j.id for j in rows] == [j.id for j in self.jobs]:
             self.jobs = rows
             if rows:
                 self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(COLUMNS) - 1))
+                self.headerDataChanged.emit(Qt.Vertical, 0, len(rows) - 1)
             return
         self.beginResetModel()
         self.jobs = rows
@@ -99,6 +102,12 @@ class QueueModel(QAbstractTableModel):
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation == Qt.Horizontal and role == Qt.DisplayRole:
             return COLUMNS[section]
+        if orientation == Qt.Vertical and role == Qt.DisplayRole:  # the gutter: place in the queue
+            job = self.job_at(section)
+            place = self.places.get(job.id) if job is not None else None
+            return "" if place is None else str(place)
+        if orientation == Qt.Vertical and role == Qt.ToolTipRole:
+            return "place in the queue (the order jobs get a device)"
         return None
 
     def data(self, index: QModelIndex, role=Qt.DisplayRole):
@@ -109,7 +118,7 @@ class QueueModel(QAbstractTableModel):
         if role == JOB_ID_ROLE:
             return job.id
         if role == Qt.DisplayRole:
-            return self._text(job, index.row(), col)
+            return self._text(job, col)
         if role == PROGRESS_ROLE:
             return job.progress
         if role == Qt.ForegroundRole:
@@ -123,14 +132,12 @@ class QueueModel(QAbstractTableModel):
             return font
         if role == Qt.ToolTipRole:
             return self._tooltip(job)
-        if role == Qt.TextAlignmentRole and col in (COL["#"], COL["ID"], COL["mAP50-95"]):
+        if role == Qt.TextAlignmentRole and col in (COL["ID"], COL["mAP50-95"]):
             return int(Qt.AlignRight | Qt.AlignVCenter)
         return None
 
-    def _text(self, job: JobRecord, row: int, col: int) -> str:
+    def _text(self, job: JobRecord, col: int) -> str:
         name = COLUMNS[col]
-        if name == "#":
-            return "" if job.state.is_terminal else str(row + 1)
         if name == "ID":
             return str(job.id)
         if name == "Job":
@@ -144,7 +151,7 @@ class QueueModel(QAbstractTableModel):
                 target = {"queued": "stepping aside", "paused": "pausing", "cancelled": "cancelling"}
                 return target.get(job.stop_target or "queued", "stopping")
             if job.state is JobState.QUEUED and job.checkpoint and job.preemptions:
-                return "queued (resumes)"
+                return "resumable"  # queued, with a checkpoint to resume from
             return job.state.value
         if name == "Progress":
             if job.epochs:
@@ -159,7 +166,7 @@ class QueueModel(QAbstractTableModel):
             if job.state is JobState.QUEUED:
                 return _duration(time.time() - job.waiting_since)
             return ""
-        if name == "Est. start":
+        if name == "Starts":  # the estimated start
             if job.state is not JobState.QUEUED:
                 return "now" if job.state is JobState.STARTING else ""
             wait = self.waits.get(job.id)
@@ -184,6 +191,8 @@ class QueueModel(QAbstractTableModel):
             lines.append(self.waiting[job.id])
         if job.stop_reason:
             lines.append(job.stop_reason)
+        if job.state is JobState.QUEUED:
+            lines.append(f"waiting {_duration(time.time() - job.waiting_since)}")
         if job.preemptions:
             lines.append(f"preempted {job.preemptions}×; resumes from {job.checkpoint}")
         if job.error:

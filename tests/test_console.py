@@ -9,6 +9,7 @@ from PySide6.QtCore import QModelIndex, QSettings, Qt
 from console.emergency_dialog import EmergencyDialog
 from console.jump_dialog import JumpDialog
 from console.main_window import MainWindow
+from console.queue_model import COLUMNS
 from console.submit_dialog import SubmitDialog
 from engine.core import Engine
 from engine.jobs import JobState
@@ -201,3 +202,44 @@ def test_schedule_dialog_validates_the_cron_line_and_the_schedules_tab_lists_it(
     table.selectRow(0)
     window.schedules_view.remove_selected(confirm=False)
     assert engine.store.schedules() == [] and table.rowCount() == 0
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_queue_columns_fit_the_window_without_sideways_scrolling(qtbot, engine, tmp_path, tiny_dataset, width):
+    for n, priority in enumerate(["normal", "low", "high"]):
+        engine.ops.submit(**tiny_job(tiny_dataset, f"a rather long job name, number {n}", priority))
+    window = open_window(qtbot, engine, tmp_path)
+    window.resize(width, 800)
+    qtbot.waitUntil(lambda: window.queue_view.viewport().width() > 0)
+    view, header = window.queue_view, window.queue_view.horizontalHeader()
+    qtbot.waitUntil(lambda: header.length() <= view.viewport().width() + 1, timeout=5_000)
+    assert not view.horizontalScrollBar().isVisible()
+    shown = [name for i, name in enumerate(COLUMNS) if not header.isSectionHidden(i)]
+    assert {"ID", "Job", "Priority", "State", "Progress", "mAP50-95", "Starts", "Why"} <= set(shown)
+    assert header.sectionSize(COLUMNS.index("Job")) >= 170
+    if width >= 1920:
+        assert shown == list(COLUMNS), "a wide window shows every column"
+    # The gutter numbers places in the whole queue: high first, then normal, then low.
+    places = [window.model.headerData(row, Qt.Vertical) for row in range(window.model.rowCount())]
+    names = [window.model.job_at(row).name for row in range(window.model.rowCount())]
+    assert places == ["1", "2", "3"] and names[0].endswith("number 2")
+
+    # A column the operator hides stays hidden, and is remembered by the next window.
+    view._set_column_shown(COLUMNS.index("Starts"), False)
+    window.save_layout()
+    again = MainWindow(engine, settings=window.qsettings)  # never shown, so never closed: the engine runs on
+    try:
+        assert again.queue_view.horizontalHeader().isSectionHidden(COLUMNS.index("Starts"))
+        assert not again.queue_view.auto_fit
+    finally:
+        again.timer.stop()
+        again.deleteLater()
+
+
+def test_screenshot_mode_names_one_file_per_tab():
+    from console.app import TABS, screenshot_targets
+
+    assert screenshot_targets("out.png", "audit") == [("audit", "out.png")]
+    every = screenshot_targets("/tmp/shots/view.png", "all")
+    assert [tab for tab, _ in every] == list(TABS)
+    assert every[2] == ("audit", "/tmp/shots/view-audit.png")
