@@ -105,7 +105,8 @@ class EmergencyDialog(QDialog):
     def _show_impact(self) -> None:
         ops = self.engine.ops
         try:
-            victims = ops.preview(lambda: ops.expected_victims(ops.emergency(**self._kwargs("preview")).id))
+            victims = ops.preview(lambda: ops.expected_victims(
+                ops.emergency(**self._kwargs("preview"), freeze_weights=False).id))
         except (SpecError, ValueError, LookupError) as e:
             self.impact_label.setText("")
             self.error_label.setText(str(e))

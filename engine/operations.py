@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import paths, policy
+from . import base_weights, paths, policy
 from .audit import AuditTrail
 from .jobs import JobEvent, JobState, Priority
 from .policy import DeviceView, JobView, Snapshot
@@ -278,10 +278,14 @@ class Operations:
         device_kind: str | None = None,
         priority: str | int | Priority = Priority.URGENT,
         audit_details: dict | None = None,
+        freeze_weights: bool = True,
     ) -> JobRecord:
         """One call for the 02:10 moment: an urgent retrain that starts from a job's trained weights
         (best.pt, else last.pt) or from a model file, on a dataset (the job's own by default),
-        recorded as an emergency with its reason; the engine preempts if no device is free."""
+        recorded as an emergency with its reason; the engine preempts if no device is free.
+
+        Weights (.pt) are frozen first (engine.base_weights): the retrain trains from the bytes
+        chosen now, whatever the source job writes later. `freeze_weights=False` is for previews."""
         source = None
         if from_job is not None:
             source = self.store.job(from_job)
@@ -294,6 +298,14 @@ class Operations:
                 raise SpecError([Problem("model", f"job {source.id} ({source.name}) has no trained weights yet "
                                                   f"(no best.pt or last.pt in {weights}); give a model file")])
             model = str(found[0])
+        frozen = {}
+        if freeze_weights and isinstance(model, str) and model.lower().endswith(".pt") and expand_path(model).is_file():
+            try:
+                copy = base_weights.freeze(expand_path(model), self.store.home)
+            except (base_weights.WeightsUnreadable, OSError) as e:
+                raise SpecError([Problem("model", str(e))]) from None
+            frozen = {"weights_from": str(copy.source), "weights_sha256": copy.sha256}
+            model = str(copy.path)
         if data is None:
             if source is None:
                 raise SpecError([Problem("data", "give the dataset to retrain on (its data.yaml)")])
@@ -307,7 +319,8 @@ class Operations:
             owner=owner or operator, device_kind=device_kind if device_kind is not None else (source.device_kind if source else None),
             operator=operator, reason=reason, origin="emergency", parent_id=source.id if source else None,
             audit_kind="emergency" if urgent else "submit",
-            audit_details={"from_job": source.id if source else None, "base_model": model, **(audit_details or {})},
+            audit_details={"from_job": source.id if source else None, "base_model": model, **frozen,
+                           **(audit_details or {})},
         )
 
     # ------------------------------------------------------------------ order

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -194,6 +195,11 @@ def check_model(model: str) -> list[Problem]:
     suffix = path.suffix.lower()
     if suffix == ".pt":
         if path.is_file():
+            # A PyTorch checkpoint is a zip archive whose directory is written last: a file without one
+            # is truncated, still being written, or not a checkpoint at all (the worker would fail on it).
+            if not zipfile.is_zipfile(path):
+                return [Problem("model", f"{path} is not a complete PyTorch checkpoint (truncated, still being "
+                                         f"written, or not a .pt weights file)")]
             return []
         if len(path.parts) == 1:
             return [

@@ -31,6 +31,17 @@ def tiny_job(data_yaml: Path, name: str, priority: str = "normal", **extra) -> d
                 priority=priority, owner=extra.pop("owner", "alice"), **extra)
 
 
+def zip_weights(path: Path, payload: bytes = b"not really weights; the worker would find out") -> Path:
+    """A file that passes the engine's checkpoint check (a whole zip archive) without being a model:
+    enough for tests of the queue, which never train from it."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+    return path
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

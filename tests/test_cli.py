@@ -19,6 +19,8 @@ import pytest
 
 from engine.core import engine_running
 
+from engine_runs import zip_weights
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -200,8 +202,7 @@ def test_pause_resume_cancel_of_queued_jobs(home, submit):
 
 def test_emergency_from_a_model_file_goes_first(home, submit, tiny_dataset, tmp_path):
     first = submit("nightly", "--priority", "high")["id"]
-    weights = tmp_path / "line3-best.pt"
-    weights.write_bytes(b"not really weights; the worker would find out")
+    weights = zip_weights(tmp_path / "line3-best.pt")
 
     no_reason = cli(home, "emergency", "--model", str(weights), "--data", str(tiny_dataset), expect=2)
     assert "error: reason: " in no_reason.stderr
@@ -211,8 +212,9 @@ def test_emergency_from_a_model_file_goes_first(home, submit, tiny_dataset, tmp_
     doc = cli_json(home, "emergency", "--model", str(weights), "--data", str(tiny_dataset), "--epochs", "2",
                    "--name", "line 3 crack retrain", "--reason", "crack escapes on line 3, ticket 4411")
     job = doc["job"]
-    assert (job["priority"], job["origin"], job["model"], job["train_args"]) == (
-        "urgent", "emergency", str(weights), {"epochs": 2})
+    assert (job["priority"], job["origin"], job["train_args"]) == ("urgent", "emergency", {"epochs": 2})
+    assert Path(job["model"]).read_bytes() == weights.read_bytes()  # a frozen copy
+    assert doc["audit"]["details"]["weights_from"] == str(weights)
     assert doc["audit"]["kind"] == "emergency" and doc["audit"]["reason"] == "crack escapes on line 3, ticket 4411"
     assert [j["id"] for j in queue(home)] == [job["id"], first]
 

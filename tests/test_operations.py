@@ -2,11 +2,15 @@
 No training here; the engine's own tests run workers."""
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from engine import base_weights
 from engine.core import Engine
 from engine.jobs import JobEvent, JobState, Priority
 from engine.operations import OperationError, Operations
@@ -15,7 +19,7 @@ from engine.spec import SpecError
 from engine.store import StaleState, Store
 from engine.timers import Timers, add_schedule, next_fire
 
-from engine_runs import tiny_job, wait_for
+from engine_runs import tiny_job, wait_for, zip_weights
 
 
 @pytest.fixture
@@ -165,17 +169,47 @@ def test_emergency_needs_weights_and_a_reason(ops, tiny_dataset, tmp_path):
     with pytest.raises(SpecError) as excinfo:
         ops.emergency(from_job=source.id, reason="cracks")
     assert fields_of(excinfo) == ["model"] and "no trained weights yet" in excinfo.value.problems[0].message
-    weights = tmp_path / "prod.pt"
-    weights.write_bytes(b"not really weights, but a file")
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(zip_weights(tmp_path / "whole.pt").read_bytes()[:-30])  # the zip's directory cut off
+    with pytest.raises(SpecError) as excinfo:
+        ops.submit(**{**tiny_job(tiny_dataset, "from torn weights"), "model": str(torn)})
+    assert fields_of(excinfo) == ["model"] and "not a complete PyTorch checkpoint" in excinfo.value.problems[0].message
+    weights = zip_weights(tmp_path / "prod.pt")
     with pytest.raises(SpecError) as excinfo:
         ops.emergency(from_job=source.id, model=str(weights), reason="")
     assert fields_of(excinfo) == ["reason"]
     job = ops.emergency(from_job=source.id, model=str(weights), reason="line 3 cracks", operator="fay")
-    assert job.priority is Priority.URGENT and job.model == str(weights) and job.data == source.data
+    assert job.priority is Priority.URGENT and job.data == source.data
     assert job.parent_id == source.id and job.origin == "emergency"
+    # It trains from a frozen copy of the weights chosen now, named by their digest.
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert Path(job.model).read_bytes() == weights.read_bytes() and Path(job.model).name.startswith(digest[:16])
+    weights.write_bytes(b"overwritten later by the source job")
+    assert hashlib.sha256(Path(job.model).read_bytes()).hexdigest() == digest
     entry = ops.audit.entries()[-1]
     assert (entry.kind, entry.reason, entry.operator) == ("emergency", "line 3 cracks", "fay")
     assert entry.details["from_job"] == source.id and entry.details["passed"] == [source.id]
+    assert entry.details["weights_from"] == str(weights) and entry.details["weights_sha256"] == digest
+
+
+def test_emergency_waits_for_weights_being_written_and_refuses_weights_that_never_finish(ops, tiny_dataset, tmp_path):
+    """Ultralytics rewrites best.pt in place: an emergency confirmed mid-write must not train from half a file."""
+    whole = zip_weights(tmp_path / "whole.pt").read_bytes()
+    best = tmp_path / "run" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(whole[: len(whole) // 2])
+    finish = threading.Timer(0.6, lambda: best.write_bytes(whole))
+    finish.start()
+    frozen = base_weights.freeze(best, ops.store.home, pause_s=0.1)
+    finish.join()
+    assert frozen.path.read_bytes() == whole and frozen.sha256 == hashlib.sha256(whole).hexdigest()
+
+    best.write_bytes(whole[:-30])  # a writer that died mid-file
+    source = ops.submit(**tiny_job(tiny_dataset, "source"))
+    with pytest.raises(SpecError) as excinfo:
+        ops.emergency(from_job=source.id, model=str(best), reason="cracks")
+    assert fields_of(excinfo) == ["model"] and "not a complete PyTorch checkpoint" in excinfo.value.problems[0].message
+    assert [j.id for j in ops.queue()] == [source.id], "nothing queued"
 
 
 def test_audit_tampering_in_the_database_is_detected(ops, tiny_dataset):

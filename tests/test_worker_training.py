@@ -35,6 +35,7 @@ def test_run_folder_keeps_ultralytics_layout(baseline_run):
     for name in ("args.yaml", "results.csv", "weights/last.pt", "weights/best.pt", protocol.EVENTS_FILE):
         assert (baseline_run / name).is_file(), name
     assert not (baseline_run / protocol.RESUME_CHECKPOINT).exists(), "a finished job leaves nothing to resume"
+    assert not list((baseline_run / "weights").glob("*.saving")), "weights are staged, then renamed into place"
     rows = (baseline_run / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3
     for weights in ("best.pt", "last.pt"):

@@ -290,6 +290,27 @@ class _PreemptibleMixin:
 
     # ------------------------------------------------------------------ save
 
+    def save_model(self):
+        """Ultralytics' own epoch-end save, but last.pt and best.pt appear whole or not at all: the stock
+        save rewrites them in place, and another job (an emergency retrain from this one's best.pt)
+        may read them at any moment, or a kill -9 may land mid-write."""
+        final_last, final_best = self.last, self.best
+        staged = {final_last: final_last.with_name(final_last.name + ".saving"),
+                  final_best: final_best.with_name(final_best.name + ".saving")}
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)  # a previous crash's half file must not be taken for this epoch's
+        self.last, self.best = staged[final_last], staged[final_best]
+        try:
+            saved = super().save_model()
+        finally:
+            self.last, self.best = final_last, final_best
+        for final, tmp in staged.items():
+            if tmp.exists():
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+        return saved
+
     def save_resume_checkpoint(self, epoch: int, batches_done: int, reason: str, at_train_end: bool = False):
         """`at_train_end`: record the state as it was when the epoch's last batch ended (used when
         validation is abandoned, since it consumed RNG and ran the epoch-end criterion update)."""
