@@ -236,8 +236,13 @@ class Operations:
             problems.append(Problem("name", "a job needs a name"))
         elif len(name) > 120:
             problems.append(Problem("name", "keep the name under 120 characters"))
+        if owner is not None and not isinstance(owner, str):
+            problems.append(Problem("owner", f"the owner is a user name, got {owner!r}"))
+            owner = None
         owner = (owner or "").strip() or default_operator()
         try:
+            if isinstance(priority, bool):
+                raise ValueError(f"unknown priority {priority!r}: expected one of urgent, high, normal, low")
             prio = Priority.parse(priority)
         except ValueError as e:
             problems.append(Problem("priority", str(e)))

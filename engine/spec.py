@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import os
 import re
 import zipfile
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .train_args import key_rules, storable_problem, value_problem
 
 IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 
@@ -129,18 +132,32 @@ def validate_spec(spec: JobSpec) -> None:
         raise SpecError(problems)
 
 
+# Keys with a check of their own below (Cutline's words for the commonest mistakes); every other key
+# gets Ultralytics' type and range rule (engine/train_args.py).
+CHECKED_BELOW = frozenset({"epochs", "workers", "patience", "close_mosaic", "imgsz", "batch", "lr0", "lrf", "fraction"})
+
+
 def check_train_args(args: dict[str, Any]) -> list[Problem]:
     if not isinstance(args, dict):
         return [Problem("train_args", "must be a mapping of Ultralytics train arguments")]
     problems: list[Problem] = []
     known = ultralytics_arg_names()
-    for key in args:
+    rules = key_rules(_ultralytics_dir())
+    for key, value in args.items():
+        if not isinstance(key, str) or not key:
+            problems.append(Problem("train_args", f"argument names must be text, got {key!r}"))
+            continue
         if key in MANAGED_ARGS:
             problems.append(Problem(key, f"not allowed here: {MANAGED_ARGS[key]}"))
         elif known and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(Problem(key, f"unknown training argument {key!r}{hint}"))
+        elif why := storable_problem(value):
+            problems.append(Problem(key, why))
+        elif key not in CHECKED_BELOW and (why := value_problem(key, value, rules)):
+            problems.append(Problem(key, why))
+    args = {k: v for k, v in args.items() if isinstance(k, str) and not any(p.field == k for p in problems)}
 
     def positive_int(name: str, minimum: int = 1) -> None:
         if name not in args:
@@ -168,7 +185,8 @@ def check_train_args(args: dict[str, Any]) -> list[Problem]:
                 Problem("batch", f"must be a batch size >= 1, -1 (auto) or a GPU memory fraction in (0, 1), got {value!r}")
             )
     for name in ("lr0", "lrf"):
-        if name in args and (not isinstance(args[name], (int, float)) or args[name] <= 0):
+        if name in args and (not isinstance(args[name], (int, float)) or isinstance(args[name], bool)
+                             or not math.isfinite(args[name]) or args[name] <= 0):
             problems.append(Problem(name, f"must be a positive number, got {args[name]!r}"))
     if "fraction" in args and not (isinstance(args["fraction"], (int, float)) and 0 < args["fraction"] <= 1):
         problems.append(Problem("fraction", f"must be in (0, 1], got {args['fraction']!r}"))
@@ -334,7 +352,7 @@ def _label_line_problem(fields: list[str], nc: int) -> str | None:
         cls = float(fields[0])
     except ValueError:
         return f"class {fields[0]!r} is not a number"
-    if cls != int(cls) or not 0 <= cls < nc:
+    if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < nc:
         return f"class {fields[0]} is out of range: data.yaml names {nc} classes (0-{nc - 1})"
     if len(fields) < 5:
         return f"expected 'class x y w h', got {len(fields)} value(s)"
@@ -342,7 +360,7 @@ def _label_line_problem(fields: list[str], nc: int) -> str | None:
         coords = [float(v) for v in fields[1:]]
     except ValueError:
         return "coordinates must be numbers"
-    if any(not 0.0 <= v <= 1.0 for v in coords):
+    if any(not 0.0 <= v <= 1.0 for v in coords):  # NaN fails this too
         return "coordinates must be normalized to [0, 1]"
     return None
 

@@ -74,13 +74,42 @@ BAD_SUBMISSIONS = {
     "no gpu": (["--device", "gpu"], "device", "no GPU device on this machine"),
     "urgent without reason": (["--priority", "urgent"], "reason", "give the reason"),
     "empty name": (["--name", ""], "name", "a job needs a name"),
+    "model kind": (["--model", "resnet.onnx"], "model", ".pt weights file or a .yaml"),
+    "torn weights": (["--model", "{torn}"], "model", "not a complete PyTorch checkpoint"),
+    "small image size": (["--imgsz", "8"], "imgsz", "at least 32 pixels"),
+    "bad batch": (["--batch", "0"], "batch", "batch size >= 1"),
+    "unknown device kind": (["--device", "tpu"], "device", "expected any, gpu or cpu"),
+    "not a finite number": (["--arg", "lr0=.nan"], "lr0", "finite number"),
+    "wrong type": (["--arg", "momentum=abc"], "momentum", "between 0 and 1"),
+    "unknown optimizer": (["--arg", "optimizer=Adamm"], "optimizer", "unknown optimizer 'Adamm'"),
+    "invalid data.yaml": (["--data", "{bad_yaml}"], "data", "is not valid YAML"),
+    "bad label": (["--data", "{bad_labels}"], "data", "class 7 is out of range"),
 }
+
+
+def bad_inputs(tmp_path: Path, tiny_dataset: Path) -> dict[str, Path]:
+    """Files for the refused submissions: a torn checkpoint, broken YAML, a dataset with a bad label."""
+    import shutil
+
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(zip_weights(tmp_path / "whole.pt").read_bytes()[:-30])
+    bad_yaml = tmp_path / "bad" / "data.yaml"
+    bad_yaml.parent.mkdir()
+    bad_yaml.write_text("path: .\ntrain: [images\n")
+    labels = tmp_path / "labels-ds"
+    shutil.copytree(tiny_dataset.parent, labels)
+    label = sorted((labels / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "7 0.5 0.5 0.2 0.2\n")
+    data = labels / "data.yaml"
+    data.write_text(data.read_text().replace(str(tiny_dataset.parent), str(labels)))
+    return {"torn": torn, "bad_yaml": bad_yaml, "bad_labels": data}
 
 
 @pytest.mark.parametrize("case", list(BAD_SUBMISSIONS))
 def test_bad_submission_is_refused_with_its_field_and_nothing_is_queued(case, home, tiny_dataset, tmp_path):
     extra, field, message = BAD_SUBMISSIONS[case]
-    extra = [e.format(missing=tmp_path / "nowhere" / "data.yaml") for e in extra]
+    files = bad_inputs(tmp_path, tiny_dataset) if any("{" in e and "missing" not in e for e in extra) else {}
+    extra = [e.format(missing=tmp_path / "nowhere" / "data.yaml", **files) for e in extra]
     base = {"--name": "good name", "--data": str(tiny_dataset), "--model": "yolov8n.yaml"}
     for flag in extra[::2]:
         base.pop(flag, None)

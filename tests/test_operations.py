@@ -3,6 +3,7 @@ No training here; the engine's own tests run workers."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -53,6 +54,20 @@ def fields_of(excinfo) -> list[str]:
         (dict(name="  "), "name", "needs a name"),
         (dict(priority="critical"), "priority", "unknown priority"),
         (dict(priority="urgent"), "reason", "give the reason"),
+        (dict(priority=True), "priority", "unknown priority"),
+        (dict(owner=5), "owner", "a user name"),
+        (dict(train_args={"batch": 0}), "batch", "batch size >= 1"),
+        (dict(train_args={"lr0": float("nan")}), "lr0", "finite number"),
+        (dict(train_args={"momentum": "abc"}), "momentum", "between 0 and 1"),
+        (dict(train_args={"momentum": 1.5}), "momentum", "between 0 and 1"),
+        (dict(train_args={"optimizer": "Adamm"}), "optimizer", "unknown optimizer 'Adamm'"),
+        (dict(train_args={"seed": "s"}), "seed", "whole number"),
+        (dict(train_args={"cos_lr": "yes"}), "cos_lr", "true or false"),
+        (dict(train_args={"amp": 3}), "amp", "'fp16'"),
+        (dict(train_args={"freeze": [[0, 1]]}), "freeze", "flat list"),
+        (dict(train_args={"momentum": json.loads("[" * 300 + "]" * 300)}), "momentum", "flat list"),
+        (dict(train_args={"cache": Path("/tmp")}), "cache", "got PosixPath"),
+        (dict(train_args={7: 1}), "train_args", "names must be text"),
     ],
 )
 def test_every_bad_submission_names_its_field_and_enqueues_nothing(ops, tiny_dataset, change, field, words):
