@@ -17,7 +17,8 @@ What happens to each alert of a delivery is recorded (table `alert_events`) and 
 console and through the API: `retrain` (job N), `duplicate` (a retrain for the same alert
 fingerprint is still queued or running, or this occurrence of the alert -- same fingerprint and
 startsAt -- already caused one, however it ended: Alertmanager re-sends on repeat_interval and
-whenever its group changes), `cooldown`, `unmatched`, `resolved` (recorded, never acted on), or
+whenever its group changes; or the rule's retrain for another alert -- one differing only in a
+label the rule does not match on, such as instance -- is still queued or running), `cooldown`, `unmatched`, `resolved` (recorded, never acted on), or
 `error`.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 
 from .jobs import JobState, Priority
-from .spec import Problem, SpecError
+from .spec import Problem, SpecError, check_train_args, expand_path
 
 RULES_FILE = "alert-rules.yaml"
 ACTIVE_OR_WAITING = tuple(s.value for s in JobState if not s.is_terminal)
@@ -47,7 +48,7 @@ class Rule:
     cooldown_s: float = 0.0
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(str(labels.get(k)) == v for k, v in self.match.items())
+        return all(k in labels and labels[k] == v for k, v in self.match.items())
 
 
 @dataclass
@@ -98,6 +99,11 @@ def parse_rules(text: str) -> list[Rule]:
         if not isinstance(match, dict) or not match:
             problems.append(Problem(f"{where}.match", "give at least one label, e.g. {alertname: DefectEscapeRate}"))
             match = {}
+        for label, value in match.items():
+            # Label values are text; YAML reads true, 1.10 or null as something else, which never matches.
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                problems.append(Problem(f"{where}.match.{label}", f"write the label value in quotes "
+                                                                  f"(e.g. {label}: \"{value}\"); got {value!r}"))
         retrain = item.get("retrain")
         if not isinstance(retrain, dict):
             problems.append(Problem(f"{where}.retrain", "give the retrain: from_job or model, and data"))
@@ -119,6 +125,14 @@ def parse_rules(text: str) -> list[Rule]:
             if key in retrain and (isinstance(retrain[key], bool) or not isinstance(retrain[key], kind)):
                 what = {int: "a job id", str: "text", dict: "a mapping of Ultralytics arguments"}[kind]
                 problems.append(Problem(f"{where}.retrain.{key}", f"must be {what}"))
+        if isinstance(retrain.get("train_args"), dict):
+            problems += [Problem(f"{where}.retrain.train_args.{p.field}", p.message)
+                         for p in check_train_args(retrain["train_args"])]
+        for key in ("model", "data"):  # found now, not at 02:10 when the alert fires
+            value = retrain.get(key)
+            if isinstance(value, str) and value.strip() and not (value.endswith((".yaml", ".yml")) and key == "model") \
+                    and not expand_path(value).is_file():
+                problems.append(Problem(f"{where}.retrain.{key}", f"file not found: {value}"))
         cooldown = item.get("cooldown_s", 0)
         if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 <= cooldown <= 30 * 86400:
             problems.append(Problem(f"{where}.cooldown_s", "seconds from 0 to 30 days"))
@@ -178,6 +192,8 @@ class AlertReceiver:
                 rules_error = None
             except SpecError as e:
                 rules, rules_error = [], f"alert rules file is invalid: {e}"
+            except (OSError, UnicodeDecodeError) as e:  # unreadable: every alert is still recorded
+                rules, rules_error = [], f"alert rules file cannot be read: {e}"
             return [self._one(alert, rules, rules_error, operator) for alert in payload.get("alerts") or []]
 
     def _one(self, alert: dict, rules: list[Rule], rules_error: str | None, operator: str) -> AlertOutcome:
@@ -187,23 +203,41 @@ class AlertReceiver:
         outcome = AlertOutcome(fingerprint, status, labels.get("alertname", "?"), "unmatched", "")
         rule = next((r for r in rules if r.matches(labels)), None)
         outcome.rule = rule.name if rule else None
-        # The retrain and the record of why it exists commit together: a crash between them could
-        # otherwise let a re-sent alert start a second retrain.
-        with self.store.transaction():
-            if status == "resolved":
-                outcome.action, outcome.detail = "resolved", "resolved alerts are recorded, not acted on"
-            elif rules_error:
-                outcome.action, outcome.detail = "error", rules_error
-            elif rule is None:
-                outcome.detail = "no rule matches its labels"
-            else:
-                self._act(alert, rule, outcome, operator)
+        prepared = None
+        if status == "resolved":
+            outcome.action, outcome.detail = "resolved", "resolved alerts are recorded, not acted on"
+        elif rules_error:
+            outcome.action, outcome.detail = "error", rules_error
+        elif rule is None:
+            outcome.detail = "no rule matches its labels"
+        elif not self._held_back(alert, rule, outcome):
+            # Checked (the whole dataset is read) before the database is held; deliveries are serialised
+            # by self._lock, so nothing can queue a retrain for this alert in between.
+            prepared = self._prepare(alert, rule, outcome, operator)
+        if prepared is not None:
+            try:
+                # The retrain and the record of why it exists commit together: a crash between them
+                # could otherwise let a re-sent alert start a second retrain.
+                with self.store.transaction():
+                    job = self.ops.enqueue(prepared)
+                    outcome.action, outcome.job_id = "retrain", job.id
+                    outcome.detail = f"submitted {job.priority.label} retrain job {job.id}"
+                    self._record(alert, outcome, operator)
+            except Exception as e:  # rolled back whole; the alert is still recorded
+                outcome.action, outcome.job_id = "error", None
+                outcome.detail = f"the retrain could not be queued: {e}"
+                self._record(alert, outcome, operator)
+        else:
             self._record(alert, outcome, operator)
         self.ops.committed()
         return outcome
 
-    def _act(self, alert: dict, rule: Rule, outcome: AlertOutcome, operator: str) -> None:
+    def _held_back(self, alert: dict, rule: Rule, outcome: AlertOutcome) -> bool:
+        """True (with the outcome filled in) when this alert must not start a retrain: one for it, or
+        for another alert of the same rule, is still queued or running; this occurrence already caused
+        one; or the rule's cooldown runs."""
         starts_at = alert.get("startsAt")
+        states = ", ".join("?" * len(ACTIVE_OR_WAITING))
         with self.store.lock:
             # Alertmanager re-sends a firing alert (repeat_interval, group changes) with the same
             # fingerprint and startsAt: one occurrence gets one retrain, however that retrain ended.
@@ -214,41 +248,52 @@ class AlertReceiver:
                 (outcome.fingerprint, starts_at)).fetchone()
             running = self.store.conn.execute(
                 f"SELECT e.job_id, j.state FROM alert_events e JOIN jobs j ON j.id = e.job_id "
-                f"WHERE e.fingerprint = ? AND e.action = 'retrain' AND j.state IN ({', '.join('?' * len(ACTIVE_OR_WAITING))}) "
+                f"WHERE e.fingerprint = ? AND e.action = 'retrain' AND j.state IN ({states}) "
                 f"ORDER BY e.seq DESC LIMIT 1", (outcome.fingerprint, *ACTIVE_OR_WAITING)).fetchone()
+            # Alerts that differ only in a label the rule does not match on (instance, pod) have other
+            # fingerprints but ask for the very same retrain: one at a time per rule.
+            same_rule = self.store.conn.execute(
+                f"SELECT e.job_id, j.state, e.alertname FROM alert_events e JOIN jobs j ON j.id = e.job_id "
+                f"WHERE e.rule = ? AND e.action = 'retrain' AND j.state IN ({states}) "
+                f"ORDER BY e.seq DESC LIMIT 1", (rule.name, *ACTIVE_OR_WAITING)).fetchone()
             last = self.store.conn.execute(
                 "SELECT ts, job_id FROM alert_events WHERE rule = ? AND action = 'retrain' ORDER BY seq DESC LIMIT 1",
                 (rule.name,)).fetchone()
         if running is not None:
             outcome.action, outcome.job_id = "duplicate", int(running[0])
             outcome.detail = f"job {running[0]} for this alert is still {running[1]}"
-            return
-        if same_occurrence is not None:
+        elif same_occurrence is not None:
             outcome.action, outcome.job_id = "duplicate", int(same_occurrence[0])
             outcome.detail = (f"this alert, firing since {starts_at}, already caused job {same_occurrence[0]} "
                               f"(now {same_occurrence[1] or 'gone'}); it retrains again only when it fires anew")
-            return
-        if last is not None and rule.cooldown_s and time.time() - last[0] < rule.cooldown_s:
+        elif same_rule is not None:
+            outcome.action, outcome.job_id = "duplicate", int(same_rule[0])
+            outcome.detail = (f"rule {rule.name}'s retrain job {same_rule[0]} (from another {same_rule[2]} alert) "
+                              f"is still {same_rule[1]}")
+        elif last is not None and rule.cooldown_s and time.time() - last[0] < rule.cooldown_s:
             outcome.action, outcome.job_id = "cooldown", int(last[1]) if last[1] is not None else None
-            outcome.detail = f"rule {rule.name} started job {last[1]} {time.time() - last[0]:.0f} s ago (cooldown {rule.cooldown_s:.0f} s)"
-            return
+            outcome.detail = (f"rule {rule.name} started job {last[1]} {time.time() - last[0]:.0f} s ago "
+                              f"(cooldown {rule.cooldown_s:.0f} s)")
+        else:
+            return False
+        return True
+
+    def _prepare(self, alert: dict, rule: Rule, outcome: AlertOutcome, operator: str):
+        """The checked retrain for this alert, or None with the outcome saying why not."""
         r = rule.retrain
-        reason = alert_reason(alert)
+        name = r.get("name") or f"{outcome.alertname[:80]} retrain ({rule.name[:30]})"
         try:
-            job = self.ops.emergency(
-                reason=reason, operator=operator, from_job=r.get("from_job"), model=r.get("model"),
-                data=r.get("data"), name=r.get("name") or f"{outcome.alertname} retrain ({rule.name})",
-                train_args=r.get("train_args"), owner=r.get("owner"), device_kind=r.get("device_kind"),
-                priority=r.get("priority", "urgent"),
+            return self.ops.prepare_emergency(
+                reason=alert_reason(alert), operator=operator, from_job=r.get("from_job"), model=r.get("model"),
+                data=r.get("data"), name=name, train_args=r.get("train_args"), owner=r.get("owner"),
+                device_kind=r.get("device_kind"), priority=r.get("priority", "urgent"),
                 audit_details={"alert": {"fingerprint": outcome.fingerprint, "alertname": outcome.alertname,
                                          "labels": alert.get("labels") or {}, "rule": rule.name,
                                          "startsAt": alert.get("startsAt")}},
             )
         except Exception as e:  # one bad rule must not lose the rest of the delivery
             outcome.action, outcome.detail = "error", f"the retrain could not be submitted: {e}"
-            return
-        outcome.action, outcome.job_id = "retrain", job.id
-        outcome.detail = f"submitted {job.priority.label} retrain job {job.id}"
+            return None
 
     def _record(self, alert: dict, outcome: AlertOutcome, operator: str) -> None:
         with self.store.transaction() as conn:

@@ -63,6 +63,19 @@ class _Preview(Exception):
         self.result = result
 
 
+@dataclass(frozen=True)
+class PreparedSubmission:
+    """A submission that passed every check, not yet written (Operations.prepare_submission)."""
+    fields: dict[str, Any]
+    operator: str
+    reason: str
+    audit_kind: str
+    origin: str
+    parent_id: int | None
+    schedule_id: int | None
+    audit_details: dict[str, Any]
+
+
 class Operations:
     def __init__(self, store: Store, audit: AuditTrail, devices: list[DeviceView],
                  settings: EngineSettings | None = None) -> None:
@@ -170,7 +183,12 @@ class Operations:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(
+    def submit(self, **kwargs: Any) -> JobRecord:
+        """Validate and enqueue (see prepare_submission for the arguments). Any problem raises
+        SpecError (every problem, each with its field) and nothing is written."""
+        return self.enqueue(self.prepare_submission(**kwargs))
+
+    def prepare_submission(
         self,
         *,
         name: str,
@@ -187,10 +205,11 @@ class Operations:
         schedule_id: int | None = None,
         audit_kind: str | None = None,
         audit_details: dict | None = None,
-    ) -> JobRecord:
-        """Validate and enqueue. Any problem raises SpecError (every problem, each with its field)
-        and nothing is written. An urgent submission puts work ahead of everything queued before
-        it, so like any jump it needs a reason, recorded in the audit trail."""
+    ) -> PreparedSubmission:
+        """Every check a submission needs (it reads the whole dataset), and no write: callers that
+        record something in the same transaction as the job (an alert, a schedule) check first and
+        hold the database only for `enqueue`. An urgent submission puts work ahead of everything
+        queued before it, so like any jump it needs a reason, recorded in the audit trail."""
         problems: list[Problem] = []
         try:
             fields = self.check_submission(name=name, model=model, data=data, train_args=train_args,
@@ -205,26 +224,42 @@ class Operations:
             problems.append(Problem("reason", "an urgent job jumps the queue: give the reason (it goes into the audit trail)"))
         if problems:
             raise SpecError(problems)
+        return PreparedSubmission(fields=fields, operator=operator, reason=reason, audit_kind=kind_of_entry,
+                                  origin=origin, parent_id=parent_id, schedule_id=schedule_id,
+                                  audit_details=dict(audit_details or {}))
+
+    def enqueue(self, prepared: PreparedSubmission) -> JobRecord:
+        """Queue a prepared submission and write its audit entry, in one transaction."""
+        fields = prepared.fields
         name, owner, prio, kind = fields["name"], fields["owner"], fields["priority"], fields["device_kind"]
         model, data, args = fields["model"], fields["data"], fields["train_args"]
-
         with self.store.transaction():
             job = self.store.insert_job(
                 name=name, owner=owner, priority=prio, state=JobState.QUEUED,
                 queue_rank=self.store.max_rank(prio) + 1, model=model, data=data,
-                train_args=args, device_kind=kind, origin=origin, parent_id=parent_id, schedule_id=schedule_id,
+                train_args=args, device_kind=kind, origin=prepared.origin, parent_id=prepared.parent_id,
+                schedule_id=prepared.schedule_id,
             )
-            run_dir = paths.runs_dir(self.store.home) / f"{job.id:04d}-{_slug(name)}"
-            job = self.store.update(job.id, run_dir=str(run_dir))
+            job = self.store.update(job.id, run_dir=str(self._new_run_dir(job.id, name)))
             details = {"name": name, "priority": prio.label, "model": job.model, "data": job.data,
-                       "origin": origin, **(audit_details or {})}
-            if kind_of_entry in ("jump", "emergency"):
+                       "origin": prepared.origin, **prepared.audit_details}
+            if prepared.audit_kind in ("jump", "emergency"):
                 details["expected_victims"] = self.expected_victims(job.id)
                 details["passed"] = [j.id for j in self.queue() if j.id != job.id and j.priority < prio]
-            self.audit.append(kind_of_entry, operator=operator, reason=reason or f"submitted by {owner}",
-                              job_id=job.id, details=details)
+            self.audit.append(prepared.audit_kind, operator=prepared.operator,
+                              reason=prepared.reason or f"submitted by {owner}", job_id=job.id, details=details)
         self.committed()
         return job
+
+    def _new_run_dir(self, job_id: int, name: str) -> Path:
+        """runs/0012-name; a folder left by an earlier database with the same id gets a suffix, so a new
+        job never picks up another job's weights or resume checkpoint."""
+        base = paths.runs_dir(self.store.home) / f"{job_id:04d}-{_slug(name)}"
+        candidate, n = base, 1
+        while candidate.exists():
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        return candidate
 
     def check_submission(self, *, name: str, model: str, data: str, train_args: dict[str, Any] | None = None,
                          priority: str | int | Priority = Priority.NORMAL, owner: str | None = None,
@@ -269,7 +304,11 @@ class Operations:
         return {"name": name, "owner": owner, "priority": prio, "device_kind": kind, "model": model,
                 "data": data, "train_args": args}
 
-    def emergency(
+    def emergency(self, **kwargs: Any) -> JobRecord:
+        """The emergency retrain (see prepare_emergency for the arguments), queued at once."""
+        return self.enqueue(self.prepare_emergency(**kwargs))
+
+    def prepare_emergency(
         self,
         *,
         reason: str,
@@ -284,11 +323,12 @@ class Operations:
         priority: str | int | Priority = Priority.URGENT,
         audit_details: dict | None = None,
         freeze_weights: bool = True,
-    ) -> JobRecord:
+    ) -> PreparedSubmission:
         """One call for the 02:10 moment: an urgent retrain that starts from a job's trained weights
         (best.pt, else last.pt) or from a model file, on a dataset (the job's own by default),
         recorded as an emergency with its reason; the engine preempts if no device is free.
 
+        This prepares it (checks, frozen weights) without writing; `emergency` also queues it.
         Weights (.pt) are frozen first (engine.base_weights): the retrain trains from the bytes
         chosen now, whatever the source job writes later. `freeze_weights=False` is for previews."""
         source = None
@@ -319,7 +359,7 @@ class Operations:
         args.update(train_args or {})
         label = name or f"emergency retrain{f' of {source.name}' if source else ''}"
         urgent = _is_urgent(priority)
-        return self.submit(
+        return self.prepare_submission(
             name=label, model=model, data=data, train_args=args, priority=priority,
             owner=owner or operator, device_kind=device_kind if device_kind is not None else (source.device_kind if source else None),
             operator=operator, reason=reason, origin="emergency", parent_id=source.id if source else None,

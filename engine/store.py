@@ -234,6 +234,7 @@ class Store:
         self.anchor_path = self.home / AUDIT_ANCHOR_FILE
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._savepoints = 0  # depth of nested transaction() blocks
         self.conn.row_factory = sqlite3.Row
         self.lock = threading.RLock()
         with self.lock:
@@ -261,10 +262,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error). Nested use joins the outer transaction."""
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error). Nested use is a SAVEPOINT inside the outer
+        transaction: an inner failure undoes only the inner work, and the outer one decides the rest."""
         with self.lock:
             if self.conn.in_transaction:
-                yield self.conn
+                self._savepoints += 1
+                name = f"nested_{self._savepoints}"
+                self.conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute(f"ROLLBACK TO {name}")
+                    self.conn.execute(f"RELEASE {name}")
+                    raise
+                finally:
+                    self._savepoints -= 1
+                self.conn.execute(f"RELEASE {name}")
                 return
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -272,7 +285,14 @@ class Store:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that failed (disk full, I/O error) may leave the transaction open: every later
+                # transaction() would then join it as if nested and never commit.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def _read_data_version(self) -> int:
         with self.lock:

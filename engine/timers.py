@@ -195,15 +195,17 @@ class Timers:
         template = dict(schedule.template)
         stamp = _dt.datetime.fromtimestamp(due or when).strftime("%Y-%m-%d %H:%M")
         try:
+            # Checked first (the whole dataset is read), outside the transaction that holds the database.
+            prepared = self.engine.ops.prepare_submission(
+                name=f"{template.get('name') or schedule.name} ({stamp})",
+                model=template["model"], data=template["data"], train_args=template.get("train_args") or {},
+                priority=template.get("priority", "normal"), owner=template.get("owner"),
+                device_kind=template.get("device_kind"), origin="schedule", schedule_id=schedule.id,
+                operator=f"schedule:{schedule.name}",
+            )
             with store.transaction():  # marked fired if and only if its job is queued
                 store.set_schedule_fields(schedule.id, last_fired_at=when)
-                job = self.engine.ops.submit(
-                    name=f"{template.get('name') or schedule.name} ({stamp})",
-                    model=template["model"], data=template["data"], train_args=template.get("train_args") or {},
-                    priority=template.get("priority", "normal"), owner=template.get("owner"),
-                    device_kind=template.get("device_kind"), origin="schedule", schedule_id=schedule.id,
-                    operator=f"schedule:{schedule.name}",
-                )
+                job = self.engine.ops.enqueue(prepared)
             self.engine.ops.committed()
             log.info("schedule %s submitted job %s", schedule.id, job.id)
         except Exception as e:  # the dataset moved, say: tell the owner, keep the schedule

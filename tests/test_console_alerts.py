@@ -22,6 +22,7 @@ from engine.alerts import AlertReceiver, parse_rules, rules_path, save_rules
 from engine.api.server import ApiServer
 from engine.api.tokens import TokenStore
 from engine.core import Engine
+from engine.spec import SpecError
 
 from engine_runs import TEST_SETTINGS
 from test_alerts import RULES, alert
@@ -131,13 +132,19 @@ def test_rule_editor_refuses_bad_text_and_saves_good_text(qtbot, engine, rules_t
     assert [r.name for r in parse_rules(path.read_text())] == ["line-3-cracks"]
 
 
-def test_without_a_rules_file_the_editor_shows_a_commented_example_that_is_valid_once_uncommented(qtbot, engine):
+def test_without_a_rules_file_the_editor_shows_a_commented_example_valid_once_uncommented_and_its_path_set(
+        qtbot, engine, tiny_dataset):
     view = open_view(qtbot, engine)
     assert view.editor.toPlainText() == RULES_TEMPLATE
     assert "not created yet" in view.path_label.text()
     assert parse_rules(RULES_TEMPLATE) == []  # all comments: saving it as is changes nothing
     lines = RULES_TEMPLATE.splitlines()
     example = "\n".join(line[2:] for line in lines[lines.index("# rules:"):])
+    with pytest.raises(SpecError) as excinfo:  # the placeholder dataset is named, not silently accepted
+        parse_rules(example)
+    assert [p.field for p in excinfo.value.problems] == ["rule 'line-3-defects'.retrain.data"]
+    assert "file not found: /data/line3/data.yaml" in excinfo.value.problems[0].message
+    example = example.replace("/data/line3/data.yaml", str(tiny_dataset))
     assert [r.name for r in parse_rules(example)] == ["line-3-defects"]
 
 
