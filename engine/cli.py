@@ -30,6 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from . import paths, policy, timers
+from .api.tokens import TokenFileDamaged
 from .audit import JUMP_KINDS, KINDS, AuditEntry, AuditTrail
 from .core import Engine, EngineBusy, engine_running
 from .devices import DeviceMonitor
@@ -180,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(want_json, [(getattr(e, "field", None), str(e))], EXIT_REFUSED)
     except EngineBusy as e:
         return _fail(want_json, [("engine", str(e))], EXIT_FAILED)
+    except TokenFileDamaged as e:
+        return _fail(want_json, [("token", str(e))], EXIT_FAILED)
+    except FileNotFoundError as e:  # a file named on the command line (rules check/install FILE)
+        return _fail(want_json, [("file", f"not found: {e.filename}")], EXIT_REFUSED)
+    except (OSError, UnicodeDecodeError) as e:
+        return _fail(want_json, [("file", str(e))], EXIT_FAILED)
     except sqlite3.Error as e:
         home = ctx.home if ctx is not None else "?"
         return _fail(want_json, [("database", f"{home}: {e}")], EXIT_FAILED)

@@ -18,7 +18,7 @@ from engine.api.server import ApiRefused, ApiServer
 from engine.api.tokens import TokenStore
 from engine.core import Engine
 
-from engine_runs import TEST_SETTINGS, tiny_job
+from engine_runs import TEST_SETTINGS, tiny_job, zip_weights
 
 
 def call(url: str, method: str = "GET", body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
@@ -42,6 +42,16 @@ def served(tmp_path_factory, tiny_dataset):
     server = ApiServer(engine, "127.0.0.1", 0).start()
     token = TokenStore(engine.home).ensure_default().secret
     yield engine, server, token
+    server.stop()
+    engine.shutdown()
+
+
+@pytest.fixture
+def engine_api(tmp_path):
+    """An empty engine of its own, for tests that damage the tokens file."""
+    engine = Engine(tmp_path / "home", use_nvml=False, settings={**TEST_SETTINGS})
+    server = ApiServer(engine, "127.0.0.1", 0).start()
+    yield engine, server, TokenStore(engine.home).ensure_default().secret
     server.stop()
     engine.shutdown()
 
@@ -109,26 +119,42 @@ def test_a_non_loopback_address_without_a_token_is_refused(tmp_path):
         engine.shutdown()
 
 
-def test_fuzzing_the_api_from_its_openapi_document_finds_no_server_error(served):
+def test_fuzzing_the_api_from_its_openapi_document_finds_no_server_error(served, tiny_dataset, tmp_path_factory):
     """Every operation of /openapi.json, with schemathesis-generated requests (valid and not),
-    authenticated. (schemathesis' own pytest plugin does not load under pytest 9 yet, so its
-    strategies are driven with hypothesis directly.)"""
+    authenticated. Submissions and emergencies are fuzzed twice: as generated (their paths almost
+    never exist, so they stop at the checks), and with a real dataset and weights, so the arguments
+    reach a queued job and the responses that show it. (schemathesis' own pytest plugin does not
+    load under pytest 9 yet, so its strategies are driven with hypothesis directly.)"""
     engine, server, token = served
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15  # every command is in the document
+    weights = zip_weights(tmp_path_factory.mktemp("fuzz") / "best.pt")
+    real_paths = {"data": str(tiny_dataset), "model": str(weights)}
+    queued_before = len(engine.store.jobs())
 
-    for operation in operations:
+    def fuzz_operation(operation, fill_paths: bool) -> None:
         @given(operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case) -> None:
+            if fill_paths and isinstance(case.body, dict):
+                case.body.update({k: v for k, v in real_paths.items() if k in case.body or k == "data"})
             response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
 
         fuzz()
+
+    for operation in operations:
+        fuzz_operation(operation, fill_paths=False)
+    for operation in operations:
+        if operation.method.upper() == "POST" and operation.path.rstrip("/").endswith(("/jobs", "/emergency")):
+            fuzz_operation(operation, fill_paths=True)
     assert failures == []
+    assert len(engine.store.jobs()) > queued_before, "with real paths, some fuzzed submissions were queued"
+    status, body = call(f"{server.url}/api/v1/jobs", token=token)
+    assert status == 200 and len(body["jobs"]) == len([j for j in engine.store.jobs() if not j.state.is_terminal])
 
 
 def test_after_the_fuzz_the_queue_and_audit_trail_are_intact(served):
@@ -169,3 +195,39 @@ def test_unauthenticated_and_oversized_bodies_are_refused_before_they_are_read(s
                              "Content-Length": str(2 << 20)}) == 413
     status, _ = call(url, "POST", {"name": "p", "data": "/missing.yaml", "device": "slurm"}, token=token)
     assert status == 422  # a pool name is a valid field value; the engine says there is no such pool
+
+
+def test_a_damaged_tokens_file_fails_closed_and_regenerating_repairs_it(engine_api):
+    engine, server, token = engine_api
+    store = TokenStore(engine.home)
+    store.path.write_text("{")  # torn by hand or by a crash
+    status, body = call(f"{server.url}/api/v1/jobs", token=token)
+    assert status == 503 and "damaged" in body["errors"][0]["message"], "refused, with the reason"
+    store.path.write_text('{"tokens": [{"name": "default"}]}')  # the wrong shape
+    assert call(f"{server.url}/api/v1/jobs", token=token)[0] == 503
+    fresh = store.regenerate("default")
+    assert store.path.with_name(store.path.name + ".damaged").read_text() == '{"tokens": [{"name": "default"}]}'
+    assert call(f"{server.url}/api/v1/jobs", token=fresh.secret)[0] == 200
+    assert call(f"{server.url}/api/v1/jobs", token=token)[0] == 401
+    assert oct(store.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_short_hand_edited_secret_never_authenticates(engine_api):
+    engine, server, _ = engine_api
+    store = TokenStore(engine.home)
+    store.path.write_text('{"tokens": [{"name": "weak", "secret": "x", "created_at": 0}]}')
+    assert call(f"{server.url}/api/v1/jobs", token="x")[0] == 401
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(engine_api):
+    import http.client
+
+    engine, server, token = engine_api
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b"x" * 65536 for _ in range(20))  # 1.25 MiB, no Content-Length
+    conn.request("POST", "/api/v1/jobs", body=chunks, encode_chunked=True,
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 413 and b"limited to" in response.read()
+    assert engine.store.jobs() == []

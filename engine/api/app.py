@@ -12,6 +12,7 @@ reason). Nothing is changed by a refused request.
 definition time, and `Operator` is local to `create_app`.)
 """
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -24,7 +25,9 @@ from ..jobs import JobState
 from ..operations import OperationError
 from ..spec import SpecError
 from ..store import StaleState, UnknownJob
-from .tokens import TokenStore
+from .tokens import TokenFileDamaged, TokenStore
+
+log = logging.getLogger(__name__)
 
 PriorityName = Literal["urgent", "high", "normal", "low"]
 JobId = Annotated[int, Path(ge=1, le=2**53, description="job id")]
@@ -126,23 +129,38 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         auth = headers.get("authorization", "")
         secret = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        if self.tokens.authenticate(secret) is None:
+        try:
+            name = self.tokens.authenticate(secret)
+        except TokenFileDamaged as e:  # fail closed, and say why
+            log.error("API refused a request: %s", e)
+            return await _reply(send, 503, str(e))
+        if name is None:
             return await _reply(send, 401, "a valid bearer token is required", {"www-authenticate": "Bearer"})
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return await _reply(send, 413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): read it here, at most the limit, and hand the app the whole of it.
+        body, more = b"", True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > MAX_BODY_BYTES:
-                    raise ValueError("request body too large")
-            return message
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY_BYTES:
+                return await _reply(send, 413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        replayed = False
 
-        return await self.app(scope, limited_receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
 async def _reply(send, status: int, message: str, extra_headers: dict | None = None) -> None:
@@ -161,12 +179,16 @@ def create_app(engine_like, tokens: TokenStore) -> FastAPI:
     receiver = alerts.AlertReceiver(ops, engine_like.home)
     bearer = HTTPBearer(auto_error=False, description="the token Cutline generated (console settings, "
                                                        "or `python main.py token show`)")
-    app = FastAPI(title="Cutline", version="1", description=__doc__.split("\n\n")[0],
+    # No /docs or /redoc: both load their pages from a CDN, and factory workstations are often offline.
+    app = FastAPI(title="Cutline", version="1", description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None,
                   responses={401: {"model": ErrorOut}, 422: {"model": ErrorOut}})
     app.add_middleware(GuardMiddleware, tokens=tokens)
 
     def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        name = tokens.authenticate(credentials.credentials if credentials else None)
+        try:
+            name = tokens.authenticate(credentials.credentials if credentials else None)
+        except TokenFileDamaged as e:
+            raise HTTPException(503, str(e)) from None
         if name is None:
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         return f"api:{name}"
