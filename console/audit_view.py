@@ -43,7 +43,7 @@ log = logging.getLogger("cutline.console")
 COLUMNS = ("Time", "Kind", "Operator", "Job", "Reason", "Victims / passed")
 TIME_COL, KIND_COL, OPERATOR_COL, JOB_COL, REASON_COL, VICTIMS_COL = range(len(COLUMNS))
 
-#: Kind filter choices: (label, key). "jumps" = JUMP_KINDS, "preemptions" = preempt, "other" = the rest.
+#: Kind filter choices: (label, key). "jumps" = JUMP_KINDS, "preemptions" = preempt and requeue, "other" = the rest.
 KIND_GROUPS = (("All", "all"), ("Jumps", "jumps"), ("Preemptions", "preemptions"), ("Other", "other"))
 
 KIND_COLOURS = {
@@ -51,8 +51,10 @@ KIND_COLOURS = {
     "jump": theme.PRIORITY_COLOURS["high"],
     "priority": theme.PRIORITY_COLOURS["high"],
     "preempt": theme.WARN_AMBER,
+    "requeue": theme.WARN_AMBER,
 }
-KIND_LABELS = {"emergency": "EMERGENCY", "jump": "JUMP", "priority": "PRIORITY ↑", "preempt": "PREEMPT"}
+KIND_LABELS = {"emergency": "EMERGENCY", "jump": "JUMP", "priority": "PRIORITY ↑", "preempt": "PREEMPT",
+               "requeue": "REQUEUE"}
 MAX_PASSED_SHOWN = 6
 MAX_ROW_LINES = 4       # a long reason wraps this far; the row's tooltip holds all of it
 WRAP_ROWS_UP_TO = 500  # beyond this many rows, rows stay one line (fitting each costs)
@@ -82,7 +84,7 @@ def local_time(ts: float) -> str:
 def kind_group(kind: str) -> str:
     if kind in JUMP_KINDS:
         return "jumps"
-    if kind == "preempt":
+    if kind in ("preempt", "requeue"):  # a requeue by the cluster stopped a job too
         return "preemptions"
     return "other"
 
@@ -114,11 +116,14 @@ def victims_text(entry: AuditEntry) -> str:
     """The jobs an entry paused (or expected to pause) and the ones it passed, in one line."""
     d = entry.details or {}
     parts = []
-    if entry.kind == "preempt":
+    if entry.kind in ("preempt", "requeue"):
         victim = d.get("victim")
         text = f"paused {_victim(victim)}" if victim else "paused"
         if d.get("for_job") is not None:
             text += f" for job {d['for_job']}" + (f" · {d['for_job_name']}" if d.get("for_job_name") else "")
+        elif d.get("for_jobs"):  # a cluster's preemption: the urgent job(s) it made room for
+            first = d["for_jobs"][0]
+            text += f" for job {first.get('job')}" + (f" · {first.get('name')}" if first.get("name") else "")
         parts.append(text)
     victims = d.get("expected_victims")
     if victims:

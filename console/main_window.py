@@ -402,7 +402,7 @@ class MainWindow(QMainWindow):
         if any(self.engine.store.job(i).device_kind in getattr(self.engine, "pools", {}) for i in ids):
             self.statusBar().showMessage(
                 "Slurm jobs: a new class moves a pending job to that class's partition, and a move up asks "
-                "Slurm to run it first (scontrol top) where the cluster allows; its Why column says what happened",
+                "Slurm to start pending jobs in this order (their nice) where the cluster allows; the Why column says what happened",
                 15000)
         if not jumps:
             self._run(ops.batch, lambda: perform(None, None))

@@ -49,7 +49,7 @@ JUMP_KINDS: frozenset[str] = frozenset({"jump", "emergency", "priority"})
 #: Every kind the trail accepts. A fixed vocabulary: a misspelt jump kind must not slip past the
 #: reason check as an unknown kind.
 KINDS: frozenset[str] = JUMP_KINDS | frozenset(
-    {"yield", "preempt", "cancel", "pause", "resume", "retry", "submit", "schedule", "settings"}
+    {"yield", "preempt", "requeue", "cancel", "pause", "resume", "retry", "submit", "schedule", "settings"}
 )
 
 _SCHEMA = """

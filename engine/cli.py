@@ -742,8 +742,12 @@ def _audit_digest(e: AuditEntry) -> str:
         passed = d.get("passed") or []
         text = f"{d.get('from_priority')} #{d.get('from_position')} -> {d.get('to_priority')} #{d.get('to_position')}"
         return text + (f", passed {', '.join(map(str, passed))}" if passed else "")
+    if e.kind == "preempt" and d.get("for_jobs") is not None:  # by a cluster
+        return f"by the cluster, for job(s) {', '.join(str(u.get('job')) for u in d['for_jobs'])}"
     if e.kind == "preempt":
         return f"for job {d.get('for_job')} on {d.get('device')}"
+    if e.kind == "requeue":
+        return "requeued by the cluster"
     if e.kind in ("submit", "jump", "emergency") and "name" in d:
         victims = d.get("expected_victims") or []
         return f"{d.get('priority')}: {d.get('name')}" + (

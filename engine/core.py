@@ -31,7 +31,8 @@ from typing import Any
 from . import cluster_policy, paths, policy, protocol, runlock
 from .devices import Device, DeviceMonitor
 from .events import STREAM_END, EventTail, iter_events, stream_size
-from .executor import STOP_CANCELLED, STOP_REQUEUED, STOP_UNKNOWN, Executor, LaunchRequest, WorkerHandle
+from .executor import (STOP_CANCELLED, STOP_REQUEUED, STOP_UNKNOWN, Executor, ExecutorError, LaunchRequest,
+                       WorkerHandle)
 from .jobs import JobEvent, JobState, Priority
 from .local_executor import LocalExecutor
 from .pooled_executor import PooledExecutor
@@ -48,6 +49,7 @@ ENGINE_OPERATOR = "cutline-engine"
 ASK_CLUSTER_EVERY_S = 1.0  # while a cluster has not said why it stopped a worker
 FULL_DECIDE_EVERY_S = 2.0  # aging and protection change with time alone
 RETRY_LAUNCH_S = 10.0      # a cluster that refused a job is asked again after this long
+URGENT_JUST_STARTED_S = 60.0  # an urgent cluster job this new may be the one a cluster preemption was for
 
 
 class EngineBusy(RuntimeError):
@@ -123,6 +125,7 @@ class Engine:
         self._checkpoint_requested = False
         self._calls: deque[Callable[[], None]] = deque()
         self._retry_after: dict[int, float] = {}   # job id -> when a retryable launch failure may retry
+        self._cancels_due: set[int] = set()         # stopped cluster jobs the cluster has not cancelled yet
         self._notification_seq = self.store.notifications()[-1].seq if self.store.notifications() else 0
         self.timers = None
         self.state = "stopped"
@@ -281,6 +284,8 @@ class Engine:
             self._dirty = True
         self._apply_settings(self.ops.settings)  # one small SELECT: in-process changes count too
         self.executor.refresh()
+        for job_id in list(self._cancels_due):
+            self._cancel_on_cluster(job_id)
         self._observe()
         self._carry_out_stops(now)
         self._release_gates()
@@ -333,6 +338,14 @@ class Engine:
                                                     detail=f"worker pid {event.get('pid')} started")
                 except StaleState:  # stopped before it started (an operator paused it): nothing to mark
                     job = self.store.job(job_id)
+                    if (job.state is JobState.RUNNING and not job.stop_target
+                            and self.executor.is_cluster(self.handles.get(job_id))):
+                        # Running already, and started again: the cluster killed and requeued it
+                        # without its worker saying "preempted" (no checkpoint at the stop).
+                        try:
+                            job = self._cluster_preempted(job_id, event, checkpointed=False)
+                        except StaleState:
+                            job = self.store.job(job_id)
                 else:
                     job = started
                     if job.preemptions or event.get("resumed"):
@@ -355,7 +368,7 @@ class Engine:
                 changes.update(last_checkpoint_at=event["ts"], checkpoint=event.get("path"))
             elif kind == "preempted" and job_id in self.handles and self.executor.is_cluster(self.handles[job_id]):
                 if job.stop_target:  # our own stop (pause, cancel): end the cluster job, no requeue
-                    self.executor.cancel(self.handles[job_id])
+                    self._cancel_on_cluster(job_id)  # (its batch script ends it too: STOP_MARKER)
                     self.outcomes[job_id] = event
                 elif job.state.is_active:
                     restarted = any(e.get("event") == "started" for e in events[index + 1:])
@@ -378,6 +391,20 @@ class Engine:
         if changes:
             job = self.store.update(job_id, **changes)
         self._emit("job", job)
+
+    def _cancel_on_cluster(self, job_id: int) -> None:
+        """End a stopped cluster job for good; while the cluster does not answer, again every tick."""
+        handle = self.handles.get(job_id)
+        if handle is None:
+            self._cancels_due.discard(job_id)
+            return
+        try:
+            self.executor.cancel(handle)
+        except ExecutorError as e:
+            log.warning("job %s: could not cancel it on the cluster yet: %s", job_id, e)
+            self._cancels_due.add(job_id)
+        else:
+            self._cancels_due.discard(job_id)
 
     def _settle(self, job_id: int, returncode: int | None) -> None:
         """The worker of `job_id` has ended: decide where the job goes, from what it reported.
@@ -414,7 +441,10 @@ class Engine:
     def _follow_older_worker(self, job: JobRecord) -> bool:
         """This attempt found an older worker of the same job alive (after an engine crash): follow
         that one instead. It has been training since before this attempt's offset: running."""
-        adopted = self.executor.adopt(job.id, job.run_dir, None)
+        # The worker record names this attempt; the older worker runs where this one would have
+        # (a cluster job is found by its name there; a local one by its run-folder lock).
+        hint = {"executor": job.worker["executor"]} if job.worker and job.worker.get("executor") else None
+        adopted = self.executor.adopt(job.id, job.run_dir, hint)
         if adopted is None:
             return False
         if job.state is JobState.STARTING:
@@ -483,10 +513,21 @@ class Engine:
                 # Recorded first: a restarted engine must never send a second stop (a worker's
                 # second SIGTERM kills it at once, mid-save); the deadline covers a lost one.
                 self.store.update(job.id, stop_sent_at=now, stop_deadline=now + self.settings.stop_grace_s)
-                self.executor.stop(handle)
+                try:
+                    self.executor.stop(handle)
+                except ExecutorError as e:
+                    # Not delivered (a cluster that does not answer): ask again next tick, unless it may
+                    # have arrived all the same (a timeout); then the deadline's kill settles it.
+                    log.warning("job %s: stop not delivered: %s", job.id, e)
+                    if not e.ambiguous:
+                        self.store.update(job.id, stop_sent_at=None, stop_deadline=None)
             elif job.stop_deadline is not None and now >= job.stop_deadline and job.killed_at is None:
                 log.warning("job %s did not stop within %g s; killing it", job.id, self.settings.stop_grace_s)
-                self.executor.kill(handle)
+                try:
+                    self.executor.kill(handle)
+                except ExecutorError as e:
+                    log.warning("job %s: kill not delivered (%s); trying again", job.id, e)
+                    continue
                 self.store.update(job.id, killed_at=now)
 
     def _release_gates(self) -> None:
@@ -512,11 +553,14 @@ class Engine:
             rules = self.settings.rules(self.ops.preemptions_today(now))
             sent = [str(job_id) for job_id, h in self.handles.items() if h.record.get("route") == Priority.URGENT.label]
             placements = cluster_policy.place(self.ops.pool_job_views(), rules, sent_to_preempt=sent)
-            for job in self.ops.queue():
-                if (job.state is JobState.QUEUED and job.device_kind in self.pools
-                        and self._retry_after.get(job.id, 0) <= now):
-                    self._start(job.id, job.device_kind, gated=False, placement=placements.get(str(job.id)))
-            self._follow_placements(placements)
+            waiting = [j for j in self.ops.queue()
+                       if j.device_kind in self.pools and j.state in (JobState.QUEUED, JobState.STARTING)]
+            order = {job.id: place for place, job in enumerate(waiting)}  # Cutline's order, for the cluster
+            for job in waiting:
+                if job.state is JobState.QUEUED and self._retry_after.get(job.id, 0) <= now:
+                    self._start(job.id, job.device_kind, gated=False, placement=placements.get(str(job.id)),
+                                order=order[job.id])
+            self._follow_placements(placements, order)
         snapshot = self.ops.snapshot(now)
         decision = policy.decide(snapshot)
         for action in decision.actions:
@@ -564,23 +608,20 @@ class Engine:
         # The urgent job prepares now, on the victim's device, and starts when the victim is gone.
         self._start(urgent.id, action.device_id, gated=True)
 
-    def _follow_placements(self, placements: dict[str, cluster_policy.Placement]) -> None:
+    def _follow_placements(self, placements: dict[str, cluster_policy.Placement], order: dict[int, int]) -> None:
         """A cluster job's place changed: a new class, the daily cap running out or protection
-        moves it to another partition; a move up within its class asks the cluster to run it
-        first, if it allows."""
+        moves it to another partition; its place among the pool's waiting jobs (class, then the
+        operator's drag order) becomes the order the cluster starts them in, where it allows."""
         for job_id, handle in list(self.handles.items()):
             if not self.executor.is_cluster(handle):
                 continue
             job = self.store.job(job_id)
             placement = placements.get(str(job_id)) or cluster_policy.Placement(job.priority.label)
-            moved_up = job.queue_rank < handle.record.get("rank", job.queue_rank) and \
-                job.priority.label == handle.record.get("class", job.priority.label)
-            handle.record["rank"], handle.record["class"] = job.queue_rank, job.priority.label
             before = dict(handle.record)
             try:
                 note = self.executor.update_route(handle, placement.route)
-                if moved_up:
-                    note = self.executor.move_up(handle)
+                if job_id in order:
+                    note = self.executor.set_order(handle, order[job_id]) or note
             except Exception as e:
                 note = f"could not change its place in {self.executor.for_handle(handle).name}: {e}"
             if note:  # what the cluster did last: kept until it does something else
@@ -591,29 +632,44 @@ class Engine:
             if handle.record.get("route") != placement.route and job.state is JobState.STARTING:
                 self._dirty = True  # not moved yet (the cluster still had it running): try next tick
 
-    def _cluster_preempted(self, job_id: int, event: dict) -> JobRecord:
-        """The cluster preempted this job and requeued it (same cluster job): record it like one
-        of our own preemptions (audit, owner notified) and follow the requeued job. Raises
-        StaleState if an operator stopped the job meanwhile."""
+    def _cluster_preempted(self, job_id: int, event: dict, *, checkpointed: bool = True) -> JobRecord:
+        """The cluster stopped this job and requeued it (same cluster job): record it like one of our
+        own preemptions (audit, owner notified) and follow the requeued job. `checkpointed=False`:
+        it was killed before it could save (its grace time ran out, a node failed) and is already
+        running again from its last checkpoint. With an urgent Cutline job waiting to start on the
+        preempting route, it is a preemption for that job (with its jump's reason, counted against
+        the daily cap); without one, a requeue by the cluster (not counted). Raises StaleState if an
+        operator stopped the job meanwhile."""
         handle = self.handles[job_id]
         cluster = self.executor.for_handle(handle).name
         job = self.store.job(job_id)
-        urgent = [j for j in self.store.jobs(set(ACTIVE)) if j.priority is Priority.URGENT and j.id != job.id
-                  and j.device_kind == job.device_kind]
+        urgent = [u for u in self.store.jobs({JobState.STARTING, JobState.RUNNING})
+                  if u.id != job.id and u.priority is Priority.URGENT and u.device_kind == job.device_kind
+                  and (self.handles.get(u.id) and self.handles[u.id].record.get("route") == Priority.URGENT.label)
+                  and (u.state is JobState.STARTING or time.time() - (u.running_since or 0) < URGENT_JUST_STARTED_S)]
+        jumps = [{"job": u.id, "name": u.name, "cluster_job": u.worker or {}, **(self._last_jump(u.id) or {})}
+                 for u in urgent]
+        lost = "" if checkpointed else (" before it could save (killed at the end of its grace time, or its node "
+                                        "failed); it resumed from its last checkpoint")
+        if jumps:
+            kind, operator = "preempt", jumps[0].get("operator") or cluster
+            reason = (f"{cluster} preempted job {job.id} for urgent job {jumps[0]['job']} ({jumps[0]['name']})"
+                      + (f": {jumps[0]['reason']}" if jumps[0].get("reason") else "") + f"{lost}")
+        else:
+            kind, operator = "requeue", cluster
+            reason = (f"{cluster} requeued job {job.id} with no urgent Cutline job waiting for it (an administrator's "
+                      f"requeue, a node failure, or other work on the cluster){lost}")
         with self.store.transaction():
             job = self.store.job(job_id)
             if job.stop_target or not job.state.is_active:
                 raise StaleState(f"job {job_id} changed while its cluster stop was being decided")
-            self.audit.append(
-                "preempt", operator=cluster,
-                reason=f"{cluster} preempted job {job.id} for higher-priority work and requeued it",
-                job_id=job.id,
-                details={"victim": victim_details(job), "cluster_job": handle.record,
-                         "for_jobs": [{"job": u.id, "name": u.name, "cluster_job": (u.worker or {})} for u in urgent]},
-            )
+            self.audit.append(kind, operator=operator, reason=reason, job_id=job.id,
+                              details={"victim": victim_details(job), "cluster_job": handle.record, "for_jobs": jumps,
+                                       "checkpointed": checkpointed,
+                                       "jump_seq": jumps[0].get("seq") if jumps else None})
             job = self.store.transition(job.id, JobEvent.WORKER_PREEMPTED, expect=job.state,
-                                        detail=f"preempted and requeued by {cluster}",
-                                        preemptions=job.preemptions + 1, waiting_since=time.time(),
+                                        detail=f"{'preempted' if jumps else 'requeued'} by {cluster}{lost}",
+                                        preemptions=job.preemptions + (1 if jumps else 0), waiting_since=time.time(),
                                         running_since=None)
             # The next run's events start after this line: a restarted engine must not count
             # this preemption again.
@@ -621,9 +677,15 @@ class Engine:
                                         detail=f"requeued by {cluster} as the same job",
                                         device_id=job.device_kind, running_since=time.time(),
                                         events_offset=event.get(STREAM_END, job.events_offset))
+            if not checkpointed:  # its new run has begun already (the event that told us)
+                job = self.store.transition(job.id, JobEvent.WORKER_STARTED, expect=JobState.STARTING,
+                                            detail=f"running again on {cluster} from its last checkpoint")
+            why = f" for urgent job {jumps[0]['job']} ({jumps[0]['name']})" if jumps else ""
             self.store.notify(job.owner, job.id, "preempted",
-                              f"Your job {job.id} ({job.name}) was preempted by {cluster} at epoch "
-                              f"{(job.epoch or 0) + 1}, batch {job.batch or 0}; it is requeued and resumes from its checkpoint.")
+                              f"Your job {job.id} ({job.name}) was {'preempted' if jumps else 'requeued'} by "
+                              f"{cluster}{why} at epoch {(job.epoch or 0) + 1}, batch {job.batch or 0}"
+                              + (f" before it could save; it resumed from its last checkpoint." if not checkpointed
+                                 else "; it is requeued and resumes from its checkpoint."))
         with self.store.lock:
             self.audit.flush_anchor()
         self._dirty = True  # its placement may change now (protection): follow it this tick
@@ -658,7 +720,7 @@ class Engine:
         return None if row is None else {"seq": row[0], "operator": row[1], "reason": row[2]}
 
     def _start(self, job_id: int, device_id: str, *, gated: bool,
-               placement: cluster_policy.Placement | None = None) -> None:
+               placement: cluster_policy.Placement | None = None, order: int | None = None) -> None:
         job = self.store.job(job_id)
         device = self.devices[device_id]
         events_path = Path(job.run_dir) / protocol.EVENTS_FILE
@@ -677,7 +739,8 @@ class Engine:
         try:
             handle = self.executor.launch(LaunchRequest(job.id, spec, device, gated=gated,
                                                         urgent=job.priority is Priority.URGENT, priority=job.priority,
-                                                        route=placement.route if placement else None))
+                                                        route=placement.route if placement else None,
+                                                        order=order))
         except Exception as e:  # disk full, permissions, a cluster refusing: the job must not hold the device
             log.error("could not start job %s: %s", job.id, e)
             self._launch_failed(job.id, f"could not start its worker: {e}", retry=getattr(e, "retryable", False))

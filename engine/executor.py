@@ -29,6 +29,7 @@ class LaunchRequest:
     urgent: bool = False    # may use the warm standby worker
     priority: Priority = Priority.NORMAL   # a cluster executor maps it to a partition or QOS
     route: str | None = None  # a cluster's placement (engine.cluster_policy); None: the class's own
+    order: int | None = None  # place among the pool's waiting jobs (0 = next): a cluster keeps Cutline's order
 
 
 @dataclass
@@ -53,11 +54,15 @@ STOP_REQUEUED, STOP_CANCELLED, STOP_ENDED, STOP_UNKNOWN = "requeued", "cancelled
 class ExecutorError(RuntimeError):
     """The executor could not do what was asked (could not start a process, cluster refused).
     `retryable`: the job should stay queued and be tried again (a cluster that is down), rather
-    than fail (a run folder that cannot be written)."""
+    than fail (a run folder that cannot be written). `ambiguous`: it may have been done all the
+    same (a cluster command that timed out). `unknown_job`: the cluster does not know that job."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, retryable: bool = False, *, ambiguous: bool = False,
+                 unknown_job: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.ambiguous = ambiguous
+        self.unknown_job = unknown_job
 
 
 class Executor(abc.ABC):
@@ -112,9 +117,10 @@ class Executor(abc.ABC):
         engine.cluster_policy). Returns what happened, in words, or None when there is nothing to say."""
         return None
 
-    def move_up(self, handle: WorkerHandle) -> str | None:
-        """The operator moved this launched job up in the queue (a cluster may reorder its own
-        queue). Returns what happened, in words, or None when there is nothing to do."""
+    def set_order(self, handle: WorkerHandle, order: int) -> str | None:
+        """This launched job's place among the pool's waiting jobs changed (0 = next: priority class,
+        then the operator's order). A cluster that queues jobs itself follows it. Returns what
+        happened, in words, or None when there is nothing to say."""
         return None
 
     def waiting_reason(self, handle: WorkerHandle) -> str | None:

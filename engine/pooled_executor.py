@@ -69,8 +69,8 @@ class PooledExecutor(Executor):
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         return self.for_handle(handle).waiting_reason(handle)
 
-    def move_up(self, handle: WorkerHandle) -> str | None:
-        return self.for_handle(handle).move_up(handle)
+    def set_order(self, handle: WorkerHandle, order: int) -> str | None:
+        return self.for_handle(handle).set_order(handle, order)
 
     def refresh(self) -> None:
         self.local.refresh()

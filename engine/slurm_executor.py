@@ -20,6 +20,8 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,32 @@ from .executor import (STOP_CANCELLED, STOP_ENDED, STOP_REQUEUED, STOP_UNKNOWN, 
 from .cluster_policy import ROUTE_PROTECTED, ROUTE_URGENT_NO_PREEMPT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# PREEMPTED is not here: it is final where a partition cancels its victims (PreemptMode=CANCEL); with
+# REQUEUE the job shows PENDING again. SPECIAL_EXIT is a requeue held by the cluster (RequeueExitHold).
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "PREEMPTED", "STOPPED"}
-REQUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
+                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED", "SPECIAL_EXIT"}
+REQUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT"}
+WAITING_STATES = REQUEUED_STATES  # queued in Slurm, no worker running: a stop is a cancel
+# Written into the run folder before Cutline stops a cluster job (pause, cancel): the batch script
+# then ends the job instead of letting RequeueExit requeue it, even if Cutline is closed by then.
+STOP_MARKER = "stop-requested"
 GONE = "GONE"  # not in squeue any more (ended, or purged after MinJobAge)
 # Routes (engine.cluster_policy) -> partitions. "protected" is a partition nothing preempts; with
 # none configured, protection and the daily cap cannot hold on the cluster, and the jobs say so.
 DEFAULT_PARTITIONS = {"urgent": "high", "high": "low", "normal": "low", "low": "low", ROUTE_PROTECTED: None,
                       ROUTE_URGENT_NO_PREEMPT: None}
 COMMAND_TIMEOUT_S = 15
+SQUEUE_EVERY_S = 1.0  # how often the queue is read (in the background) while the engine runs
+# A pending job's nice is its place in Cutline's order times this step: far more than the priority
+# Slurm itself gives by submission order (priority/basic lowers it by 1 per job submitted), so
+# Cutline's order wins; small enough that 100,000 places stay within Slurm's nice range (2^31).
+SLOW_ANSWER_S = 2.0  # a squeue answers in milliseconds; one this late means slurmctld is in trouble
+NICE_STEP = 10_000
+MAX_PLACE = 100_000
+
+
+def nice_for(place: int) -> int:
+    return min(place, MAX_PLACE) * NICE_STEP
 
 
 class SlurmExecutor(Executor):
@@ -59,9 +78,13 @@ class SlurmExecutor(Executor):
         # Job names unique to this home: a lost sbatch answer (timeout, engine crash) is found again
         # by name instead of being submitted twice.
         self.name_prefix = f"cutline-{hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:8]}-"
-        self._states: dict[str, tuple[str, str]] = {}   # slurm id -> (state, reason), one squeue per tick
+        self._states: dict[str, tuple[str, str, str]] = {}  # slurm id -> (state, reason, name), one squeue a tick
         self._states_ok = False
-        self._fresh: set[str] = set()                   # submitted since the last squeue
+        self._fresh: dict[str, float] = {}              # slurm id -> when submitted (monotonic), until squeue sees it
+        self._squeue_lock = threading.Lock()
+        self._squeue_thread: threading.Thread | None = None
+        self._squeue_answer: tuple | None = None        # the background squeue's answer, not taken yet
+        self._squeue_started = float("-inf")
 
     # ------------------------------------------------------------------ slurm commands
 
@@ -72,13 +95,14 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"Slurm is not installed here ({args[0]} not found)", retryable=True) from None
         except subprocess.TimeoutExpired:
             raise ExecutorError(f"Slurm did not answer {what} within {COMMAND_TIMEOUT_S} s (is slurmctld up?)",
-                                retryable=True) from None
+                                retryable=True, ambiguous=True) from None
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
-            error = ExecutorError(f"Slurm refused {what}: {message[-1] if message else f'exit {done.returncode}'}",
-                                  retryable=True)
-            error.unknown_job = "Invalid job id" in (done.stderr or "")
-            raise error
+            # Slurm's own MessageTimeout: the controller may have taken the request all the same.
+            timed_out = "timed out" in (done.stderr or "").lower()
+            raise ExecutorError(f"Slurm refused {what}: {message[-1] if message else f'exit {done.returncode}'}",
+                                retryable=True, ambiguous=timed_out,
+                                unknown_job="Invalid job id" in (done.stderr or ""))
         self.note = "reachable"
         return done.stdout
 
@@ -103,20 +127,42 @@ class SlurmExecutor(Executor):
 
     def launch(self, request: LaunchRequest) -> WorkerHandle:
         run_dir = Path(request.spec.run_dir)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            spec_path = run_dir / protocol.SPEC_FILE
-            request.spec.save(spec_path)
-            script = run_dir / "slurm-job.sh"
-            script.write_text(self._script(request, spec_path))
-        except OSError as e:
-            raise ExecutorError(f"could not write the Slurm job into {run_dir}: {e}") from e
         name = f"{self.name_prefix}{request.job_id}"
         route = request.route or request.priority.label
         partition, _ = self.partition_for(route)
-        args = ["sbatch", "--parsable", f"--job-name={name}",
+        record = {"executor": "slurm", "partition": partition, "route": route, "run_dir": str(run_dir)}
+        if not self._states_ok:
+            # An earlier sbatch may have been accepted with its answer lost: without a squeue to look
+            # for it, a new sbatch could run the job twice.
+            raise ExecutorError(f"Slurm does not answer ({self.note}); not submitting until it does", retryable=True)
+        waited = self._squeue_waiting_s()
+        if waited > SLOW_ANSWER_S:
+            # The controller is slow or hung: an sbatch now would hold up the engine (and the local
+            # devices' jumps) for Slurm's whole MessageTimeout.
+            raise ExecutorError(f"Slurm has not answered squeue for {waited:.0f} s; not submitting until it does",
+                                retryable=True)
+        existing = self._alive_by_name(name)
+        if existing is not None:  # submitted before (answer lost, engine restarted): follow that one
+            record["slurm_job_id"] = existing
+            return WorkerHandle(job_id=request.job_id, record=record, gated=False, detail=existing)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / STOP_MARKER).unlink(missing_ok=True)  # a resumed job runs, and requeues, again
+            spec_path = run_dir / protocol.SPEC_FILE
+            request.spec.save(spec_path)
+            script = run_dir / "slurm-job.sh"
+            script.write_text(self._script(request, spec_path, run_dir))
+        except OSError as e:
+            raise ExecutorError(f"could not write the Slurm job into {run_dir}: {e}") from e
+        # --chdir: nothing Slurm writes lands in the engine's working folder. Paths are escaped for
+        # Slurm's %-patterns. singleton: never two jobs of this name at once, whatever happens.
+        output = str(run_dir / protocol.LOG_FILE).replace("\\", "\\\\").replace("%", "%%")
+        args = ["sbatch", "--parsable", f"--job-name={name}", f"--chdir={run_dir}", "--dependency=singleton",
                 f"--partition={partition}", "--requeue", "--open-mode=append",
-                f"--output={run_dir / protocol.LOG_FILE}", "--nodes=1", "--ntasks=1"]
+                f"--output={output}", "--nodes=1", "--ntasks=1"]
+        if request.order is not None:
+            record["nice"] = nice_for(request.order)
+            args.append(f"--nice={record['nice']}")
         if self.cpus_per_task:
             args.append(f"--cpus-per-task={self.cpus_per_task}")
         if request.device.kind == "gpu" or self.gpus_per_job:
@@ -124,34 +170,50 @@ class SlurmExecutor(Executor):
         args += self.extra_sbatch_args + [str(script)]
         try:
             slurm_id = self._run(args, "the job (sbatch)").strip().split(";")[0]
-        except ExecutorError:
+        except ExecutorError as e:
+            if not e.ambiguous:
+                raise  # refused: nothing was queued
             slurm_id = self._find_by_name(name)  # it may have been accepted before the answer was lost
             if slurm_id is None:
+                self._states_ok = False  # do not submit again before a squeue has looked for it
                 raise
-        self._fresh.add(slurm_id)
-        record = {"executor": "slurm", "slurm_job_id": slurm_id, "partition": partition, "route": route}
+        self._fresh[slurm_id] = time.monotonic()
+        record["slurm_job_id"] = slurm_id
         return WorkerHandle(job_id=request.job_id, record=record, gated=False, detail=slurm_id)
+
+    def _alive_by_name(self, name: str) -> str | None:
+        """A job of this name in the last squeue that has not ended (newest first)."""
+        alive = [job_id for job_id, (state, _reason, job_name) in self._states.items()
+                 if job_name == name and state in ALIVE_STATES and state != "COMPLETING"]
+        return max(alive, key=lambda i: int(i) if i.isdigit() else 0) if alive else None
 
     def _find_by_name(self, name: str) -> str | None:
         try:
-            out = self._run(["squeue", "-h", f"--name={name}", "-o", "%i"], "squeue --name").split()
+            out = self._run(["squeue", "-h", "-a", f"--name={name}", "-o", "%i|%T"], "squeue --name")
         except ExecutorError:
             return None
-        return out[-1] if out else None
+        alive = [line.split("|")[0] for line in out.split()
+                 if "|" in line and line.split("|")[1] in ALIVE_STATES and line.split("|")[1] != "COMPLETING"]
+        return alive[-1] if alive else None
 
-    def _script(self, request: LaunchRequest, spec_path: Path) -> str:
+    def _script(self, request: LaunchRequest, spec_path: Path, run_dir: Path) -> str:
         env = protocol.worker_environment({}, str(self.config_dir))
         env["PYTHONPATH"] = str(REPO_ROOT)
         env.update(self.worker_env)
         exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+        marker = shlex.quote(str(run_dir / STOP_MARKER))
         return f"""#!/bin/bash
 # Cutline job {request.job_id}: written by Cutline's Slurm executor. A requeue re-runs this script;
 # the worker then resumes from weights/resume.pt at the exact batch where it stopped.
 {exports}
 cd {shlex.quote(str(REPO_ROOT))}
 # srun: only job steps get the SIGTERM that starts a preemption's grace time. The worker exits
-# {protocol.EXIT_PREEMPTED} after its checkpoint, which RequeueExit turns into a requeue.
-exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {shlex.quote(str(spec_path))}
+# {protocol.EXIT_PREEMPTED} after its checkpoint, which RequeueExit turns into a requeue -- unless Cutline
+# asked it to stop (pause, cancel): then the job ends here and Slurm does not run it again.
+srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {shlex.quote(str(spec_path))}
+status=$?
+if [ -e {marker} ]; then exit 0; fi
+exit $status
 """
 
     # ------------------------------------------------------------------ control
@@ -160,51 +222,103 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         handle.gated = False  # Slurm jobs are never gated: Slurm starts them when their resources are free
 
     def stop(self, handle: WorkerHandle) -> None:
+        """Cutline's own stop (pause, cancel; Slurm does its own preemptions): a waiting job leaves
+        the queue; a running one checkpoints, and its batch script ends the job (STOP_MARKER)."""
         state, _ = self.slurm_state(handle)
-        if state == "PENDING":
+        if state in WAITING_STATES:
             self.cancel(handle)  # nothing to checkpoint yet: a pending job simply leaves the queue
-        else:
-            self._signal(handle, "TERM")
+            return
+        run_dir = handle.record.get("run_dir")
+        if run_dir:
+            try:
+                (Path(run_dir) / STOP_MARKER).write_text("stopped by Cutline\n")
+            except OSError:
+                pass  # then the engine ends the requeued job itself, as before
+        self._signal(handle, "TERM")
 
     def checkpoint(self, handle: WorkerHandle) -> None:
-        self._signal(handle, "USR1")
+        try:
+            self._signal(handle, "USR1")
+        except ExecutorError:
+            pass  # a safety checkpoint can wait for the next timer
 
     def kill(self, handle: WorkerHandle) -> None:
         self.cancel(handle)
 
     def cancel(self, handle: WorkerHandle) -> None:
-        """End the Slurm job for good (no requeue): after a stop the engine asked for itself."""
-        try:
-            self._run(["scancel", self._id(handle)], "scancel")
-        except ExecutorError:
-            pass  # already gone
+        """End the Slurm job for good (no requeue). Raises ExecutorError when Slurm did not take it
+        (unreachable): the engine tries again; a job Slurm no longer knows is already gone."""
+        self._run_on_job(["scancel", self._id(handle)], "scancel")
 
     def _signal(self, handle: WorkerHandle, signal_name: str) -> None:
-        try:  # job steps only (the worker under srun), not the batch shell
-            self._run(["scancel", f"--signal={signal_name}", self._id(handle)], f"scancel --signal={signal_name}")
-        except ExecutorError:
-            pass  # pending or gone: nothing to signal
+        # job steps only (the worker under srun), not the batch shell
+        self._run_on_job(["scancel", f"--signal={signal_name}", self._id(handle)], f"scancel --signal={signal_name}")
+
+    def _run_on_job(self, args: list[str], what: str) -> None:
+        try:
+            self._run(args, what)
+        except ExecutorError as e:
+            if not e.unknown_job:
+                raise
 
     @staticmethod
     def _id(handle: WorkerHandle) -> str:
         return str(handle.record.get("slurm_job_id"))
 
-    def refresh(self) -> None:
-        """One squeue for all of this home's jobs, at the start of each engine tick; the rest of
-        the tick (and the console's waiting reasons) read this, so a hung slurmctld costs one
-        timeout per tick, not one per job."""
-        try:
-            out = self._run(["squeue", "-h", "-o", "%i|%T|%r|%j"], "squeue")
-        except ExecutorError as e:
-            self.note = str(e)
-            self._states_ok = False
+    def refresh(self, wait: bool = False) -> None:
+        """Called at the start of each engine tick: take the newest squeue answer (one squeue for all of
+        this home's jobs; the rest of the tick and the console's waiting reasons read it), and start the
+        next one in the background at most every SQUEUE_EVERY_S. So a slurmctld that hangs never holds
+        up the engine's tick, and with it the local devices' preemptions. `wait`: ask now and wait."""
+        if wait:
+            self._apply_squeue(*self._squeue())
             return
+        with self._squeue_lock:
+            answer, self._squeue_answer = self._squeue_answer, None
+            running = self._squeue_thread is not None and self._squeue_thread.is_alive()
+            due = time.monotonic() - self._squeue_started >= SQUEUE_EVERY_S
+            if not running and due:
+                self._squeue_started = time.monotonic()
+                self._squeue_thread = threading.Thread(target=self._squeue_in_background, name="slurm-squeue",
+                                                       daemon=True)
+                self._squeue_thread.start()
+        if answer is not None:
+            self._apply_squeue(*answer)
+
+    def _squeue_waiting_s(self) -> float:
+        """How long the background squeue now running has waited for its answer (0 if none runs)."""
+        with self._squeue_lock:
+            running = self._squeue_thread is not None and self._squeue_thread.is_alive()
+            return time.monotonic() - self._squeue_started if running else 0.0
+
+    def _squeue_in_background(self) -> None:
+        answer = self._squeue()
+        with self._squeue_lock:
+            self._squeue_answer = answer
+
+    def _squeue(self) -> tuple[float, dict | None, str]:
+        """(when it was asked, this home's jobs or None, the error)."""
+        asked = time.monotonic()
+        try:
+            out = self._run(["squeue", "-h", "-a", "-o", "%i|%T|%r|%j"], "squeue")  # -a: hidden partitions too
+        except ExecutorError as e:
+            return asked, None, str(e)
         states = {}
         for line in out.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4 and parts[3].startswith(self.name_prefix):
-                states[parts[0]] = (parts[1], parts[2])
-        self._states, self._states_ok, self._fresh = states, True, set()
+                states[parts[0]] = (parts[1], parts[2], parts[3])
+        return asked, states, ""
+
+    def _apply_squeue(self, asked: float, states: dict | None, error: str) -> None:
+        if states is None:
+            self.note = error
+            self._states_ok = False
+            return
+        self.note = "reachable"
+        self._states, self._states_ok = states, True
+        # Jobs submitted after this squeue was asked are not in it yet: they stay "just submitted".
+        self._fresh = {job_id: at for job_id, at in self._fresh.items() if at >= asked}
 
     def slurm_state(self, handle: WorkerHandle) -> tuple[str | None, str]:
         """(state, reason) from the last squeue; None when that squeue failed; GONE once the job has
@@ -213,7 +327,7 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         if not self._states_ok:
             return None, self.note
         if job_id in self._states:
-            return self._states[job_id]
+            return self._states[job_id][:2]
         if job_id in self._fresh:
             return "PENDING", "just submitted"
         return GONE, ""
@@ -222,15 +336,20 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
         state, _reason = self.slurm_state(handle)
         if state is None or state in ALIVE_STATES:
             return None  # alive, or cannot tell now: ask again next tick, never guess that it ended
-        return WorkerExit(self._exit_code(handle))
+        try:  # missing from squeue: make sure before calling it ended (a partition it cannot see)
+            fields = self._job_fields(handle)
+        except ExecutorError as e:
+            if not e.unknown_job:
+                return None  # Slurm does not answer: next tick
+            fields = {}
+        if fields.get("JobState") in ALIVE_STATES:
+            return None
+        return WorkerExit(self._exit_code_of(fields))
 
-    def _exit_code(self, handle: WorkerHandle) -> int | None:
+    @staticmethod
+    def _exit_code_of(fields: dict[str, str]) -> int | None:
         """The worker's exit status when Slurm ran it to completion; None otherwise (cancelled,
         node failure, purged): then the event stream alone says how it ended."""
-        try:
-            fields = self._job_fields(handle)
-        except ExecutorError:
-            return None
         if fields.get("JobState") not in ("COMPLETED", "FAILED"):
             return None
         try:
@@ -249,7 +368,7 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
             if not final:
                 return None  # cannot ask now: next tick
             # Purged from slurmctld's memory (MinJobAge) while Cutline was away: no one can say why.
-            return STOP_UNKNOWN if getattr(e, "unknown_job", False) else STOP_ENDED
+            return STOP_UNKNOWN if e.unknown_job else STOP_ENDED
         state = fields.get("JobState", "")
         if state == "CANCELLED":
             return STOP_CANCELLED
@@ -273,7 +392,7 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
             record.update(slurm_job_id=found)
         handle = WorkerHandle(job_id=job_id, record=record, gated=False, detail=record["slurm_job_id"])
         if not self._states_ok:
-            self.refresh()
+            self.refresh(wait=True)
         state, _ = self.slurm_state(handle)
         return handle if state is None or state in ALIVE_STATES else None  # down: follow it, never duplicate
 
@@ -285,29 +404,35 @@ exec srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} -m engine.worker {s
             handle.record["route"] = route
             return caveat
         state, _ = self.slurm_state(handle)
-        if state != "PENDING":
+        if state not in WAITING_STATES:
             return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: it keeps partition {handle.record.get('partition')}"
         self._run(["scontrol", "update", f"JobId={self._id(handle)}", f"Partition={partition}"], "scontrol update")
         handle.record.update(partition=partition, route=route)
         return f"moved to partition {partition}" + (f"; {caveat}" if caveat else "")
 
-    def move_up(self, handle: WorkerHandle) -> str:
-        """The operator moved this job up in Cutline's queue: ask Slurm to run it before the user's
-        other pending jobs (`scontrol top`). Clusters may not allow it; then say so."""
+    def set_order(self, handle: WorkerHandle, order: int) -> str | None:
+        """Slurm starts a partition's pending jobs by priority, which `nice` lowers: each waiting job's
+        nice follows its place in Cutline's order (classes first, then the operator's drag order), so
+        Slurm starts them in that order. (`scontrol top` would not do: it reorders by trading nice
+        values among all of the user's jobs in the partition, across Cutline's classes.)"""
+        nice = nice_for(order)
+        if handle.record.get("nice") == nice:
+            return None
         state, _ = self.slurm_state(handle)
-        if state != "PENDING":
-            return f"Slurm job {self._id(handle)} is {state or 'unreachable'}: its order no longer matters"
+        if state not in WAITING_STATES:
+            return None  # running (or unreachable): its place no longer matters, or next tick
         try:
-            self._run(["scontrol", "top", self._id(handle)], "scontrol top")
+            self._run(["scontrol", "update", f"JobId={self._id(handle)}", f"Nice={nice}"], "scontrol update Nice")
         except ExecutorError as e:
-            return f"this cluster does not let Cutline reorder it ({e}); Slurm's own priority decides"
-        return f"moved to the top of its partition in Slurm (scontrol top {self._id(handle)})"
+            return f"this cluster does not let Cutline order its pending jobs ({e}); Slurm's own priority decides"
+        handle.record["nice"] = nice
+        return None
 
     def waiting_reason(self, handle: WorkerHandle) -> str | None:
         state, reason = self.slurm_state(handle)
         if state is None:
             return f"Slurm does not answer: {reason}"
-        if state == "PENDING":
+        if state in WAITING_STATES:
             note = "".join(f"; {handle.record[k]}" for k in ("placement", "note") if handle.record.get(k))
             return (f"pending in Slurm job {self._id(handle)} ({reason or 'no reason given'}), "
                     f"partition {handle.record.get('partition')}{note}")

@@ -4,6 +4,7 @@ it (RequeueExit), and it resumes from its checkpoint to the weights of an uninte
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -33,12 +34,14 @@ def cluster(tmp_path):
     slurm.stop()
 
 
-def slurm_engine(tmp_path, cluster, settings: dict | None = None, **executor_options) -> Engine:
+def slurm_engine(tmp_path, cluster, settings: dict | None = None, worker_faults: dict | None = None,
+                 **executor_options) -> Engine:
     """Local CPU slot and a Slurm pool side by side; jobs choose the pool with device "slurm"."""
     home = paths.cutline_home(tmp_path / "home")
     executor_options.setdefault("partitions", {"protected": "safe"})
     slurm = SlurmExecutor(home, paths.ultralytics_config_dir(home), cpus_per_task=cluster.cpus, env=cluster.env,
-                          worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1"},
+                          worker_env={"CUTLINE_FORBID_NETWORK": "1", "CUTLINE_FAULT_BATCH_DELAY_S": "0.1",
+                                      **(worker_faults or {})},
                           **executor_options)
     return Engine(home, use_nvml=False, pools={"slurm": slurm}, settings={**TEST_SETTINGS, **(settings or {})},
                   worker_env={"CUTLINE_FORBID_NETWORK": "1"})
@@ -78,8 +81,13 @@ def test_slurm_preempts_and_requeues_the_low_job_which_resumes_exactly(tmp_path,
         jump = next(e for e in engine.audit.entries() if e.kind == "jump")
         preempt = next(e for e in engine.audit.entries() if e.kind == "preempt")
         assert jump.reason == "line 3 crack escapes" and jump.job_id == str(urgent.id)
-        assert preempt.operator == "slurm" and preempt.details["cluster_job"]["slurm_job_id"] == low_slurm_id
-        assert [f["job"] for f in preempt.details["for_jobs"]] == [urgent.id]
+        # Slurm carried out the jump: the preemption is the jump's (its operator and reason, counted
+        # against the cap), and names both Slurm jobs.
+        assert preempt.operator == "carol" and "slurm preempted job" in preempt.reason
+        assert "line 3 crack escapes" in preempt.reason and preempt.details["checkpointed"] is True
+        assert preempt.details["cluster_job"]["slurm_job_id"] == low_slurm_id
+        assert [f["job"] for f in preempt.details["for_jobs"]] == [urgent.id] and preempt.details["jump_seq"] == jump.seq
+        assert preempt.details["for_jobs"][0]["cluster_job"]["slurm_job_id"] == urgent.worker["slurm_job_id"]
         assert [n.kind for n in engine.store.notifications(owner="bob")] == ["preempted", "resumed", "finished"]
     finally:
         engine.shutdown()
@@ -99,9 +107,19 @@ def test_a_rejected_sbatch_keeps_the_job_queued_with_the_error(tmp_path, cluster
         engine.shutdown()
 
 
+def slurm_priority(cluster, slurm_id: str) -> int:
+    """The priority Slurm starts a pending job by (higher first), from squeue."""
+    out = subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%Q"], env={**os.environ, **cluster.env},
+                         capture_output=True, text=True, timeout=10).stdout.strip()
+    assert out, subprocess.run(["squeue", "-a", "-o", "%i %j %T %r %Q %y"], env={**os.environ, **cluster.env},
+                               capture_output=True, text=True, timeout=10).stdout
+    return int(out)
+
+
 def test_pausing_a_pending_slurm_job_pauses_it_and_cancelling_a_running_one_cancels_it(tmp_path, cluster,
                                                                                         tiny_dataset):
-    engine = slurm_engine(tmp_path, cluster).start()
+    # Slow batches: the first job is still training when the others have been reordered and paused.
+    engine = slurm_engine(tmp_path, cluster, worker_faults={"CUTLINE_FAULT_BATCH_DELAY_S": "1"}).start()
     try:
         first = engine.ops.submit(**on_slurm(tiny_dataset, "first"))
         second = engine.ops.submit(**on_slurm(tiny_dataset, "second"))  # the node fits one: it pends
@@ -109,12 +127,15 @@ def test_pausing_a_pending_slurm_job_pauses_it_and_cancelling_a_running_one_canc
         wait_for(lambda: (engine.store.job(second.id).worker or {}).get("slurm_job_id"), 30, "the second's sbatch")
         assert "pending in Slurm" in engine.why_waiting()[second.id]
 
-        # Moving a pending job up in Cutline asks Slurm to run it first (scontrol top).
+        # Slurm starts pending jobs in Cutline's order: each one's nice is its place among them, so
+        # moving a pending job up in Cutline raises its priority in Slurm above the one it passed.
         third = engine.ops.submit(**on_slurm(tiny_dataset, "third"))
-        wait_for(lambda: (engine.store.job(third.id).worker or {}).get("slurm_job_id"), 30, "the third's sbatch")
+        ids = {j: wait_for(lambda j=j: (engine.store.job(j).worker or {}).get("slurm_job_id"), 30, "an sbatch")
+               for j in (second.id, third.id)}
+        assert slurm_priority(cluster, ids[second.id]) > slurm_priority(cluster, ids[third.id])
         engine.ops.move(third.id, before=second.id, reason="needed before the second")
-        wait_for(lambda: "moved to the top of its partition in Slurm" in engine.why_waiting().get(third.id, ""), 30,
-                 "scontrol top")
+        wait_for(lambda: slurm_priority(cluster, ids[third.id]) > slurm_priority(cluster, ids[second.id]), 30,
+                 "Slurm to put the third job first")
         engine.ops.cancel(third.id)
 
         engine.ops.pause(second.id)
@@ -242,4 +263,79 @@ def test_a_job_cancelled_on_the_cluster_while_cutline_was_closed_is_paused_at_th
         time.sleep(2)
         assert engine.store.job(job.id).state is JobState.PAUSED  # not resubmitted
     finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("saves", [True, False], ids=["checkpointed", "killed-before-saving"])
+def test_a_requeue_by_the_cluster_with_no_urgent_job_is_audited_as_a_requeue_and_not_counted(
+        tmp_path, cluster, tiny_dataset, saves):
+    """An administrator's `scontrol requeue` (or a node failure) stops a job that no Cutline jump asked
+    for: it is a requeue, not a preemption counted against the cap. A worker the cluster kills before it
+    can save (it ignores SIGTERM here) resumes from its last checkpoint all the same."""
+    faults = {} if saves else {"CUTLINE_FAULT_IGNORE_STOP": "1"}
+    engine = slurm_engine(tmp_path, cluster, worker_faults=faults).start()
+    try:
+        job = engine.ops.submit(**on_slurm(tiny_dataset, "nightly experiment", "low", owner="bob"))
+        wait_for(lambda: batches_done(engine, job.id) >= 3, 120, "the job to train on Slurm")
+        slurm_id = engine.store.job(job.id).worker["slurm_job_id"]
+        subprocess.run(["scontrol", "requeue", slurm_id], env={**os.environ, **cluster.env}, check=True)
+
+        entry = wait_for(lambda: next((e for e in engine.audit.entries() if e.kind == "requeue"), None), 120,
+                         "the requeue in the audit trail")
+        assert entry.operator == "slurm" and "no urgent Cutline job" in entry.reason
+        assert entry.details["checkpointed"] is saves and entry.details["for_jobs"] == []
+        assert ("before it could save" in entry.reason) is not saves
+        assert not [e for e in engine.audit.entries() if e.kind == "preempt"]
+        done = wait_for(lambda: (j := engine.store.job(job.id)).state in ENDED and j, 300, "the requeued job to end")
+        assert done.state is JobState.FINISHED, done.error
+        assert done.preemptions == 0 and done.worker["slurm_job_id"] == slurm_id  # the same Slurm job, requeued
+        assert engine.ops.preemptions_today(time.time()) == 0
+        assert len(run_events(done.run_dir, "started")) == 2
+        # (a worker killed before saving is running again by the time Cutline hears of it: one message)
+        assert [n.kind for n in engine.store.notifications(owner="bob")] == (
+            ["preempted", "resumed", "finished"] if saves else ["preempted", "finished"])
+        assert "requeued by slurm" in engine.store.notifications(owner="bob")[0].message
+        assert engine.audit.verify().ok
+    finally:
+        engine.shutdown()
+
+
+def test_a_hung_slurm_controller_does_not_hold_up_a_jump_on_the_local_devices(tmp_path, cluster, tiny_dataset):
+    """The Slurm queue is read in the background: while slurmctld answers nothing (stopped here with
+    SIGSTOP; each squeue would wait out its 15 s timeout), a jump on the local CPU slot is still
+    decided at once, and a job for the Slurm pool waits queued with the reason until Slurm is back."""
+    engine = slurm_engine(tmp_path, cluster).start()
+    controller = next(p for p in cluster.procs if "slurmctld" in p.args[0])
+    try:
+        low = engine.ops.submit(**{**tiny_job(tiny_dataset, "local experiment", "low", owner="bob"),
+                                   "train_args": {**TINY_TRAIN_ARGS, "epochs": 20}})
+        wait_for(lambda: (engine.store.job(low.id).batch or 0) >= 2, 120, "the local job to train")
+        os.kill(controller.pid, signal.SIGSTOP)
+        time.sleep(3)  # a background squeue has waited on the stopped controller for a while by now
+
+        submitted = time.monotonic()
+        urgent = engine.ops.submit(**tiny_job(tiny_dataset, "line 3 retrain", "urgent", owner="carol"),
+                                   operator="carol", reason="line 3 crack escapes")
+        wait_for(lambda: engine.store.job(low.id).stop_sent_at is not None, 10, "the local preemption")
+        decided_in = time.monotonic() - submitted
+        assert decided_in < 5, f"the jump waited {decided_in:.1f} s on Slurm"  # a squeue in the tick: >= 15 s
+
+        on_cluster = engine.ops.submit(**on_slurm(tiny_dataset, "cluster job"))
+        # Not even an sbatch waits on the engine's thread: the victim's exit is handled at once.
+        wait_for(lambda: engine.store.job(low.id).state is JobState.QUEUED, 8, "the victim to step aside")
+        assert engine.store.job(low.id).checkpoint is not None
+        reason = wait_for(lambda: "not submitting until it does" in (r := engine.why_waiting().get(on_cluster.id, ""))
+                          and r, 60, "the Slurm job's waiting reason")
+        assert engine.store.job(on_cluster.id).state is JobState.QUEUED, reason
+        wait_for(lambda: engine.store.job(urgent.id).state in ENDED, 300, "the urgent job to train locally")
+
+        os.kill(controller.pid, signal.SIGCONT)
+        running = wait_for(lambda: (j := engine.store.job(on_cluster.id)).state is JobState.RUNNING and j, 120,
+                           "the Slurm job to run")
+        named = subprocess.run(["squeue", "-h", "-a", "-o", "%j"], env={**os.environ, **cluster.env},
+                               capture_output=True, text=True, timeout=10).stdout.split()
+        assert named.count(f"{engine.executor.pools['slurm'].name_prefix}{on_cluster.id}") == 1, named  # no twin
+        assert running.worker["slurm_job_id"]
+    finally:
+        os.kill(controller.pid, signal.SIGCONT)
         engine.shutdown()
