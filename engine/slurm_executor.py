@@ -132,9 +132,13 @@ class SlurmExecutor(Executor):
         partition, _ = self.partition_for(route)
         record = {"executor": "slurm", "partition": partition, "route": route, "run_dir": str(run_dir)}
         if not self._states_ok:
+            self._await_squeue()
+        if not self._states_ok:
             # An earlier sbatch may have been accepted with its answer lost: without a squeue to look
             # for it, a new sbatch could run the job twice.
-            raise ExecutorError(f"Slurm does not answer ({self.note}); not submitting until it does", retryable=True)
+            waited = self._squeue_waiting_s()
+            why = f"no answer to squeue for {waited:.0f} s" if waited else self.note
+            raise ExecutorError(f"Slurm does not answer ({why}); not submitting until it does", retryable=True)
         waited = self._squeue_waiting_s()
         if waited > SLOW_ANSWER_S:
             # The controller is slow or hung: an sbatch now would hold up the engine (and the local
@@ -275,13 +279,32 @@ exit $status
             return
         with self._squeue_lock:
             answer, self._squeue_answer = self._squeue_answer, None
-            running = self._squeue_thread is not None and self._squeue_thread.is_alive()
-            due = time.monotonic() - self._squeue_started >= SQUEUE_EVERY_S
-            if not running and due:
-                self._squeue_started = time.monotonic()
-                self._squeue_thread = threading.Thread(target=self._squeue_in_background, name="slurm-squeue",
-                                                       daemon=True)
-                self._squeue_thread.start()
+            if time.monotonic() - self._squeue_started >= SQUEUE_EVERY_S:
+                self._start_squeue_locked()
+        if answer is not None:
+            self._apply_squeue(*answer)
+
+    def _start_squeue_locked(self) -> None:
+        """Start a background squeue unless one is running (the caller holds _squeue_lock)."""
+        if self._squeue_thread is not None and self._squeue_thread.is_alive():
+            return
+        self._squeue_started = time.monotonic()
+        self._squeue_thread = threading.Thread(target=self._squeue_in_background, name="slurm-squeue", daemon=True)
+        self._squeue_thread.start()
+
+    def _await_squeue(self) -> None:
+        """Slurm's queue is not known (the engine just started, or the last squeue failed): give the
+        background squeue up to SLOW_ANSWER_S from its start to answer. A healthy controller answers
+        in milliseconds, so the first jobs are submitted at once; a hung one costs at most that."""
+        with self._squeue_lock:
+            if self._squeue_answer is None:
+                self._start_squeue_locked()
+            thread = self._squeue_thread
+            remaining = SLOW_ANSWER_S - (time.monotonic() - self._squeue_started)
+        if thread is not None and remaining > 0:
+            thread.join(remaining)
+        with self._squeue_lock:
+            answer, self._squeue_answer = self._squeue_answer, None
         if answer is not None:
             self._apply_squeue(*answer)
 
