@@ -55,6 +55,11 @@ NICE_STEP = 10_000
 MAX_PLACE = 100_000
 
 
+def _still_queued_or_running(state: str) -> bool:
+    """A job of this state will (still) run: alive and not on its way out."""
+    return state in ALIVE_STATES and state != "COMPLETING"
+
+
 def nice_for(place: int) -> int:
     return min(place, MAX_PLACE) * NICE_STEP
 
@@ -133,18 +138,13 @@ class SlurmExecutor(Executor):
         record = {"executor": "slurm", "partition": partition, "route": route, "run_dir": str(run_dir)}
         if not self._states_ok:
             self._await_squeue()
-        if not self._states_ok:
-            # An earlier sbatch may have been accepted with its answer lost: without a squeue to look
-            # for it, a new sbatch could run the job twice.
-            waited = self._squeue_waiting_s()
+        waited = self._squeue_waiting_s()
+        # Not known: an earlier sbatch may have been accepted with its answer lost, and a new one could
+        # run the job twice. Slow: the controller is in trouble, and an sbatch now would hold up the
+        # engine (and the local devices' jumps) for Slurm's whole MessageTimeout.
+        if not self._states_ok or waited > SLOW_ANSWER_S:
             why = f"no answer to squeue for {waited:.0f} s" if waited else self.note
             raise ExecutorError(f"Slurm does not answer ({why}); not submitting until it does", retryable=True)
-        waited = self._squeue_waiting_s()
-        if waited > SLOW_ANSWER_S:
-            # The controller is slow or hung: an sbatch now would hold up the engine (and the local
-            # devices' jumps) for Slurm's whole MessageTimeout.
-            raise ExecutorError(f"Slurm has not answered squeue for {waited:.0f} s; not submitting until it does",
-                                retryable=True)
         existing = self._alive_by_name(name)
         if existing is not None:  # submitted before (answer lost, engine restarted): follow that one
             record["slurm_job_id"] = existing
@@ -188,7 +188,7 @@ class SlurmExecutor(Executor):
     def _alive_by_name(self, name: str) -> str | None:
         """A job of this name in the last squeue that has not ended (newest first)."""
         alive = [job_id for job_id, (state, _reason, job_name) in self._states.items()
-                 if job_name == name and state in ALIVE_STATES and state != "COMPLETING"]
+                 if job_name == name and _still_queued_or_running(state)]
         return max(alive, key=lambda i: int(i) if i.isdigit() else 0) if alive else None
 
     def _find_by_name(self, name: str) -> str | None:
@@ -197,7 +197,7 @@ class SlurmExecutor(Executor):
         except ExecutorError:
             return None
         alive = [line.split("|")[0] for line in out.split()
-                 if "|" in line and line.split("|")[1] in ALIVE_STATES and line.split("|")[1] != "COMPLETING"]
+                 if "|" in line and _still_queued_or_running(line.split("|")[1])]
         return alive[-1] if alive else None
 
     def _script(self, request: LaunchRequest, spec_path: Path, run_dir: Path) -> str:
@@ -278,9 +278,13 @@ exit $status
             self._apply_squeue(*self._squeue())
             return
         with self._squeue_lock:
-            answer, self._squeue_answer = self._squeue_answer, None
             if time.monotonic() - self._squeue_started >= SQUEUE_EVERY_S:
                 self._start_squeue_locked()
+        self._take_squeue_answer()
+
+    def _take_squeue_answer(self) -> None:
+        with self._squeue_lock:
+            answer, self._squeue_answer = self._squeue_answer, None
         if answer is not None:
             self._apply_squeue(*answer)
 
@@ -303,10 +307,7 @@ exit $status
             remaining = SLOW_ANSWER_S - (time.monotonic() - self._squeue_started)
         if thread is not None and remaining > 0:
             thread.join(remaining)
-        with self._squeue_lock:
-            answer, self._squeue_answer = self._squeue_answer, None
-        if answer is not None:
-            self._apply_squeue(*answer)
+        self._take_squeue_answer()
 
     def _squeue_waiting_s(self) -> float:
         """How long the background squeue now running has waited for its answer (0 if none runs)."""
